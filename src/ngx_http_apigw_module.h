@@ -1,0 +1,169 @@
+/*
+ * Types shared by the apigw glue files.  The .so holds several nginx
+ * modules (core, auth, rate limit, idempotency, metrics), one per concern;
+ * this header holds what they share: the core module's confs, the
+ * per-request context, the error API and the Redis wait API.
+ */
+#ifndef NGX_HTTP_APIGW_MODULE_H
+#define NGX_HTTP_APIGW_MODULE_H
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "apigw_catalog.h"
+#include "apigw_envelope.h"
+#include "apigw_template.h"
+#include "apigw_upstream_error.h"
+#include "ngx_http_apigw_redis.h"
+
+typedef struct {
+    ngx_http_apigw_redis_conf_t  *redis;        /* NULL: no apigw_redis */
+    apigw_catalog_t               catalog;
+    ngx_str_t                     catalog_file;
+    apigw_template_t             *builtin[APIGW_FMT__COUNT];
+} ngx_http_apigw_main_conf_t;
+
+typedef struct {
+    ngx_flag_t                    enable;
+    apigw_template_t             *template;     /* built-in or custom */
+    ngx_str_t                     doc_base;
+    ngx_uint_t                    upstream_errors;  /* apigw_upstream_mode_t */
+} ngx_http_apigw_loc_conf_t;
+
+typedef struct ngx_http_apigw_ctx_s  ngx_http_apigw_ctx_t;
+
+typedef void (*ngx_http_apigw_reply_pt)(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx, ngx_http_apigw_redis_status_e status,
+    redisReply *reply);
+
+struct ngx_http_apigw_ctx_s {
+    ngx_str_t                     request_id;
+
+    /* an error raised by a phase handler, rendered by the header filter */
+    ngx_int_t                     error;        /* apigw_err_id_t or -1 */
+    apigw_detail_t                details[APIGW_MAX_DETAILS];
+    ngx_uint_t                    ndetails;
+    ngx_str_t                     param;
+    ngx_str_t                     error_code;   /* $apigw_error_code */
+
+    /* auth results */
+    ngx_str_t                     key_id;
+    ngx_str_t                     tenant;
+    ngx_str_t                     scopes;
+
+    /* rate limit / idempotency results, for variables */
+    ngx_int_t                     ratelimit_remaining;  /* -1: none */
+    ngx_str_t                     idempotency_status;
+
+    /* the access-phase state machine and its Redis wait */
+    ngx_uint_t                    stage;
+    ngx_http_apigw_redis_call_t  *call;
+    ngx_http_apigw_reply_pt       reply_handler;
+    ngx_event_t                   resume;
+    void                         *feature[4];   /* per-feature state */
+
+    /* the error filter's state */
+    ngx_chain_t                  *out;          /* captured upstream body */
+    ngx_chain_t                 **last_out;
+    size_t                        captured;
+    ngx_buf_t                    *envelope;     /* rendered, to be sent */
+    unsigned                      filter:2;     /* NGX_HTTP_APIGW_FILTER_* */
+    unsigned                      truncated:1;
+    unsigned                      sent:1;
+    unsigned                      waiting:1;
+};
+
+#define NGX_HTTP_APIGW_FILTER_NONE      0
+#define NGX_HTTP_APIGW_FILTER_ENVELOPE  1   /* replace body with envelope */
+#define NGX_HTTP_APIGW_FILTER_CAPTURE   2   /* buffer upstream error body */
+
+/* feature[] slots, also the order of the access-phase stages */
+#define NGX_HTTP_APIGW_AUTH         0
+#define NGX_HTTP_APIGW_RATELIMIT    1
+#define NGX_HTTP_APIGW_IDEMPOTENCY  2
+#define NGX_HTTP_APIGW_STAGES       3
+
+/*
+ * An access-phase stage.  Called (again) until it stops returning
+ * NGX_AGAIN: NGX_DECLINED passes to the next stage, NGX_AGAIN means it
+ * waits on Redis through ngx_http_apigw_redis_wait() and will be called
+ * again when the reply is in, a status >= 400 (from ngx_http_apigw_error())
+ * ends the request with that envelope, NGX_ERROR is a 500.  Feature modules
+ * register theirs from their postconfiguration, so the core module needs
+ * no symbol of theirs and the order is always auth, rate limit,
+ * idempotency.
+ */
+typedef ngx_int_t (*ngx_http_apigw_stage_pt)(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx);
+
+void ngx_http_apigw_register_stage(ngx_uint_t slot,
+    ngx_http_apigw_stage_pt handler);
+
+extern ngx_module_t  ngx_http_apigw_module;
+
+/*
+ * The context survives internal redirects (error_page, try_files): like
+ * realip, it is found again through its pool cleanup, so the request id
+ * and a raised error stay the same for the whole request.
+ */
+ngx_http_apigw_ctx_t *ngx_http_apigw_get_ctx(ngx_http_request_t *r);
+ngx_http_apigw_ctx_t *ngx_http_apigw_ensure_ctx(ngx_http_request_t *r);
+
+/* request ids (ngx_http_apigw_request_id.c) */
+ngx_int_t ngx_http_apigw_request_id_init(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx);
+ngx_int_t ngx_http_apigw_request_id_to_upstream(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx);
+ngx_int_t ngx_http_apigw_request_id_header(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx);
+
+/*
+ * Raising an error from a phase handler: records it and returns the
+ * catalog's status for it, which the handler returns; nginx then finalizes
+ * the request with that status and the header filter renders the envelope.
+ */
+ngx_int_t ngx_http_apigw_error(ngx_http_request_t *r, apigw_err_id_t id);
+void ngx_http_apigw_error_detail_int(ngx_http_request_t *r,
+    const char *name, long long v);
+void ngx_http_apigw_error_detail_str(ngx_http_request_t *r,
+    const char *name, ngx_str_t *v);
+void ngx_http_apigw_error_param(ngx_http_request_t *r, ngx_str_t *param);
+
+/* Renders an envelope into a pool buffer (ngx_http_apigw_error.c). */
+ngx_buf_t *ngx_http_apigw_render(ngx_http_request_t *r,
+    ngx_http_apigw_loc_conf_t *alcf, apigw_envelope_t *e);
+void ngx_http_apigw_envelope_prepare(ngx_http_request_t *r,
+    ngx_http_apigw_loc_conf_t *alcf, ngx_http_apigw_ctx_t *ctx,
+    apigw_envelope_t *e, apigw_err_id_t id);
+ngx_int_t ngx_http_apigw_set_json_headers(ngx_http_request_t *r,
+    ngx_http_apigw_loc_conf_t *alcf, ngx_buf_t *b);
+
+/* filters (ngx_http_apigw_error_filter.c) */
+ngx_int_t ngx_http_apigw_error_filter_init(ngx_conf_t *cf);
+
+/*
+ * Waiting on Redis from a phase handler: submits the call, and returns
+ * NGX_AGAIN; when the reply (or failure, or timeout) comes, handler runs
+ * with the reply and the phases resume from a posted event, re-entering the
+ * phase handler.  A request freed meanwhile cancels the call.
+ */
+ngx_int_t ngx_http_apigw_redis_wait(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx, ngx_http_apigw_redis_script_t *script,
+    int nkeys, int argc, const char **argv, const size_t *argvlen,
+    ngx_http_apigw_reply_pt handler);
+
+ngx_http_apigw_redis_conf_t *ngx_http_apigw_redis_conf_get(
+    ngx_http_request_t *r);
+
+/* Header helpers shared by the glue files. */
+ngx_table_elt_t *ngx_http_apigw_set_out_header(ngx_http_request_t *r,
+    ngx_str_t *name, ngx_str_t *value);
+ngx_table_elt_t *ngx_http_apigw_find_in_header(ngx_http_request_t *r,
+    const char *lowcase_name, size_t len);
+ngx_int_t ngx_http_apigw_remove_in_headers(ngx_http_request_t *r,
+    const char **lowcase_names, ngx_uint_t n);
+ngx_int_t ngx_http_apigw_add_in_header(ngx_http_request_t *r,
+    ngx_str_t *name, ngx_str_t *value);
+
+#endif
