@@ -38,6 +38,7 @@ typedef void (*ngx_http_apigw_reply_pt)(ngx_http_request_t *r,
     redisReply *reply);
 
 struct ngx_http_apigw_ctx_s {
+    ngx_http_request_t           *request;
     ngx_str_t                     request_id;
 
     /* an error raised by a phase handler, rendered by the header filter */
@@ -51,6 +52,8 @@ struct ngx_http_apigw_ctx_s {
     ngx_str_t                     key_id;
     ngx_str_t                     tenant;
     ngx_str_t                     scopes;
+    ngx_str_t                     key_rate;     /* per-key overrides */
+    ngx_str_t                     key_burst;
 
     /* rate limit / idempotency results, for variables */
     ngx_int_t                     ratelimit_remaining;  /* -1: none */
@@ -64,14 +67,15 @@ struct ngx_http_apigw_ctx_s {
     void                         *feature[4];   /* per-feature state */
 
     /* the error filter's state */
-    ngx_chain_t                  *out;          /* captured upstream body */
-    ngx_chain_t                 **last_out;
+    ngx_buf_t                    *capture;      /* upstream error body */
     size_t                        captured;
     ngx_buf_t                    *envelope;     /* rendered, to be sent */
     unsigned                      filter:2;     /* NGX_HTTP_APIGW_FILTER_* */
     unsigned                      truncated:1;
     unsigned                      sent:1;
     unsigned                      waiting:1;
+    unsigned                      request_id_kept:1;
+    unsigned                      request_id_sent:1;
 };
 
 #define NGX_HTTP_APIGW_FILTER_NONE      0
@@ -160,6 +164,8 @@ ngx_http_apigw_redis_conf_t *ngx_http_apigw_redis_conf_get(
 ngx_table_elt_t *ngx_http_apigw_set_out_header(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *value);
 ngx_table_elt_t *ngx_http_apigw_find_in_header(ngx_http_request_t *r,
+    const char *lowcase_name, size_t len);
+ngx_uint_t ngx_http_apigw_count_in_header(ngx_http_request_t *r,
     const char *lowcase_name, size_t len);
 ngx_int_t ngx_http_apigw_remove_in_headers(ngx_http_request_t *r,
     const char **lowcase_names, ngx_uint_t n);

@@ -1,0 +1,253 @@
+/*
+ * Header list helpers.  nginx 1.22's ngx_table_elt_t has no "next", so
+ * duplicates are found by walking the lists.
+ */
+
+#include "ngx_http_apigw_module.h"
+
+
+static ngx_uint_t
+ngx_http_apigw_header_is(ngx_table_elt_t *h, const char *lowcase_name,
+    size_t len)
+{
+    return h->key.len == len
+           && ngx_strncasecmp(h->key.data, (u_char *) lowcase_name, len) == 0;
+}
+
+
+ngx_table_elt_t *
+ngx_http_apigw_find_in_header(ngx_http_request_t *r, const char *lowcase_name,
+    size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (ngx_http_apigw_header_is(&h[i], lowcase_name, len)) {
+            return &h[i];
+        }
+    }
+}
+
+
+ngx_uint_t
+ngx_http_apigw_count_in_header(ngx_http_request_t *r,
+    const char *lowcase_name, size_t len)
+{
+    ngx_uint_t        i, n;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    n = 0;
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return n;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (ngx_http_apigw_header_is(&h[i], lowcase_name, len)) {
+            n++;
+        }
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_apigw_header_in(ngx_table_elt_t *h, const char **names,
+    ngx_uint_t n)
+{
+    ngx_uint_t  k;
+
+    for (k = 0; k < n; k++) {
+        if (ngx_http_apigw_header_is(h, names[k], ngx_strlen(names[k]))) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Upstream modules copy every element of headers_in.headers (the proxy
+ * module does not skip hash == 0), so a header that must not reach the
+ * upstream is really taken out: the list is rebuilt without it.  Elements
+ * are copied, not moved, so pointers like r->headers_in.host stay valid.
+ */
+
+ngx_int_t
+ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
+    ngx_uint_t n)
+{
+    ngx_uint_t        i, total, drop;
+    ngx_list_t        list;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *nh;
+
+    total = 0;
+    drop = 0;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        total++;
+
+        if (ngx_http_apigw_header_in(&h[i], names, n)) {
+            drop++;
+
+            if (r->headers_in.authorization == &h[i]) {
+                r->headers_in.authorization = NULL;
+            }
+        }
+    }
+
+    if (drop == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_list_init(&list, r->pool, total - drop + 4,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (ngx_http_apigw_header_in(&h[i], names, n)) {
+            continue;
+        }
+
+        nh = ngx_list_push(&list);
+        if (nh == NULL) {
+            return NGX_ERROR;
+        }
+
+        *nh = h[i];
+    }
+
+    r->headers_in.headers = list;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_apigw_add_in_header(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_in.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->key = *name;
+    h->value = *value;
+
+    h->lowcase_key = ngx_pnalloc(r->pool, name->len);
+    if (h->lowcase_key == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = ngx_hash_strlow(h->lowcase_key, name->data, name->len);
+
+    return NGX_OK;
+}
+
+
+/* Sets a response header, dropping any copy the upstream sent. */
+
+ngx_table_elt_t *
+ngx_http_apigw_set_out_header(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_str_t *value)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != 0
+            && h[i].key.len == name->len
+            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
+        {
+            h[i].hash = 0;
+        }
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NULL;
+    }
+
+    h->hash = 1;
+    h->key = *name;
+    h->value = *value;
+    h->lowcase_key = NULL;
+
+    return h;
+}
