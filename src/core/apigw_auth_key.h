@@ -10,6 +10,8 @@
 #define APIGW_KEY_MIN_LEN   16
 #define APIGW_KEY_MAX_LEN   256
 #define APIGW_SHA256_HEX    64
+#define APIGW_KEY_B62_LEN   43    /* base62 digits of a 256-bit number */
+#define APIGW_KEY_PREFIX_MAX 16   /* longest --prefix, e.g. "live_" */
 
 /*
  * "Bearer <key>" (scheme case-insensitive, spaces around tolerated) ->
@@ -31,6 +33,9 @@ void apigw_sha256_hex(const unsigned char *p, size_t len,
  * Returns its length, or -1 when out is too small or randomness failed.
  */
 int apigw_key_generate(const char *prefix, char *out, size_t outlen);
+
+/* 1 when prefix is NULL or up to APIGW_KEY_PREFIX_MAX of [A-Za-z0-9_]. */
+int apigw_key_prefix_valid(const char *prefix);
 
 typedef struct {
     apigw_str_t  key_id;

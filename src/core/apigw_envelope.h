@@ -41,6 +41,12 @@ typedef struct {
     apigw_str_t                 request_id;
     int                         status;
 
+    /*
+     * 1: message is upstream text, emitted as is; {name} is never
+     * substituted, so an upstream cannot make the renderer interpret it.
+     */
+    int                         message_literal;
+
     apigw_detail_t              details[APIGW_MAX_DETAILS];
     size_t                      ndetails;
 

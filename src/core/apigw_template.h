@@ -30,13 +30,20 @@ int apigw_format_by_name(const char *name, size_t len);
 /* The JSON source of a built-in format (documented in README). */
 const char *apigw_template_builtin_source(apigw_format_t fmt);
 
-/* Compiles a built-in (never fails). Free with apigw_template_free. */
+/*
+ * Compiles a built-in: NULL only when out of memory.  Free it with
+ * apigw_template_free().
+ */
 apigw_template_t *apigw_template_builtin(apigw_format_t fmt);
 
 /*
  * Compiles a template from JSON text.  NULL with a message in err when the
- * text is not JSON, the root is not an object, a "$..." placeholder is
- * unknown, or neither $code nor $message appears anywhere.
+ * text is not JSON (jansson's line, column and text), the root is not an
+ * object, a "$..." placeholder is unknown ("$$..." is a literal "$..."),
+ * a "..." member is not "$details", it nests deeper than
+ * APIGW_TEMPLATE_MAX_NESTING, or neither $code nor $message appears
+ * anywhere.  load_file also fails on an unreadable file or one over
+ * 64 KB; err never names the file (nginx prefixes it).
  */
 apigw_template_t *apigw_template_compile(const char *json, size_t len,
     char *err, size_t errlen);
@@ -61,5 +68,57 @@ typedef struct {
 
 const apigw_template_path_t *apigw_template_path(const apigw_template_t *t,
     const char *placeholder);   /* "code", "message" or "request_id" */
+
+/*
+ * The compiled form, read only by apigw_envelope_render(): a tree of
+ * objects and arrays whose constant parts are pre-serialized JSON text.
+ */
+#define APIGW_TEMPLATE_MAX_NESTING  16
+
+typedef enum {
+    APIGW_TV_CODE = 0,
+    APIGW_TV_MESSAGE,
+    APIGW_TV_TYPE,
+    APIGW_TV_TITLE,
+    APIGW_TV_STATUS,
+    APIGW_TV_REQUEST_ID,
+    APIGW_TV_CORRELATION_ID,
+    APIGW_TV_DOC_URL,
+    APIGW_TV_PARAM,
+    APIGW_TV_DETAILS,
+    APIGW_TV_DETAIL,            /* $details.NAME */
+    APIGW_TV_ERRORS
+} apigw_tvar_t;
+
+typedef enum {
+    APIGW_TN_RAW = 0,           /* text: constant JSON */
+    APIGW_TN_VAR,               /* a placeholder */
+    APIGW_TN_OBJECT,
+    APIGW_TN_ARRAY
+} apigw_tnode_kind_t;
+
+typedef struct apigw_tnode_s  apigw_tnode_t;
+
+typedef struct {
+    apigw_str_t      key;       /* "name": escaped; empty in arrays */
+    const char      *name;      /* raw name; spreads skip details so named */
+    apigw_tnode_t   *value;     /* NULL: "...": "$details" (a spread) */
+} apigw_tmember_t;
+
+struct apigw_tnode_s {
+    apigw_tnode_kind_t   kind;
+    apigw_tvar_t         var;
+    apigw_str_t          text;      /* RAW: JSON; VAR: fallback JSON or "" */
+    apigw_str_t          detail;    /* APIGW_TV_DETAIL: the detail's name */
+    apigw_tmember_t     *members;   /* OBJECT, ARRAY */
+    size_t               nmembers;
+};
+
+struct apigw_template_s {
+    apigw_tnode_t          *root;
+    const char             *content_type;
+    apigw_template_path_t   paths[3];   /* code, message, request_id */
+    void                   *owned;      /* every allocation of the tree */
+};
 
 #endif
