@@ -46,6 +46,8 @@ static char *ngx_http_apigw_auth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_apigw_auth_cache_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_apigw_require_scope(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_apigw_auth_stage(ngx_http_request_t *r,
     ngx_http_apigw_ctx_t *ctx);
 
@@ -68,9 +70,9 @@ static ngx_command_t  ngx_http_apigw_auth_commands[] = {
 
     { ngx_string("apigw_require_scope"),
       NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_conf_set_str_array_slot,
+      ngx_http_apigw_require_scope,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_apigw_auth_loc_conf_t, scopes),
+      0,
       NULL },
 
     { ngx_string("apigw_auth_cache"),
@@ -190,6 +192,47 @@ ngx_http_apigw_auth_cache_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     return ngx_http_apigw_auth_cache_conf(cf, &aamcf->cache,
                                           &ngx_http_apigw_auth_module);
+}
+
+
+/* every argument is a scope, and repeating the directive adds more */
+
+static char *
+ngx_http_apigw_require_scope(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_apigw_auth_loc_conf_t *aalcf = conf;
+
+    ngx_str_t   *value, *s;
+    ngx_uint_t   i, j;
+
+    if (aalcf->scopes == NGX_CONF_UNSET_PTR) {
+        aalcf->scopes = ngx_array_create(cf->pool, 4, sizeof(ngx_str_t));
+        if (aalcf->scopes == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        for (j = 0; j < value[i].len; j++) {
+            if (value[i].data[j] <= ' ' || value[i].data[j] >= 0x7f) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid scope \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        s = ngx_array_push(aalcf->scopes);
+        if (s == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *s = value[i];
+    }
+
+    return NGX_CONF_OK;
 }
 
 

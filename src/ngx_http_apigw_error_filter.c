@@ -110,7 +110,7 @@ ngx_http_apigw_header_filter(ngx_http_request_t *r)
 
     status = r->headers_out.status;
 
-    if (status < NGX_HTTP_BAD_REQUEST) {
+    if (status < NGX_HTTP_BAD_REQUEST || ctx->replay) {
         return ngx_http_next_header_filter(r);
     }
 

@@ -104,7 +104,7 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
     ngx_uint_t n)
 {
     ngx_uint_t        i, total, drop;
-    ngx_list_t        list;
+    ngx_list_t        old;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h, *nh;
 
@@ -141,14 +141,20 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
         return NGX_OK;
     }
 
-    if (ngx_list_init(&list, r->pool, total - drop + 4,
+    /*
+     * The new list is built in place: an ngx_list_t must not be copied by
+     * value, its "last" points into itself.  The old parts stay in the pool.
+     */
+    old = r->headers_in.headers;
+
+    if (ngx_list_init(&r->headers_in.headers, r->pool, total - drop + 4,
                       sizeof(ngx_table_elt_t))
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    part = &r->headers_in.headers.part;
+    part = &old.part;
     h = part->elts;
 
     for (i = 0; /* void */ ; i++) {
@@ -167,15 +173,13 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
             continue;
         }
 
-        nh = ngx_list_push(&list);
+        nh = ngx_list_push(&r->headers_in.headers);
         if (nh == NULL) {
             return NGX_ERROR;
         }
 
         *nh = h[i];
     }
-
-    r->headers_in.headers = list;
 
     return NGX_OK;
 }

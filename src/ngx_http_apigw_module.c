@@ -693,8 +693,8 @@ ngx_http_apigw_access_handler(ngx_http_request_t *r)
             continue;
         }
 
-        if (rc == NGX_AGAIN) {
-            return NGX_AGAIN;
+        if (rc == NGX_AGAIN || rc == NGX_DONE) {
+            return rc;
         }
 
         if (rc == NGX_ERROR) {

@@ -75,6 +75,7 @@ struct ngx_http_apigw_ctx_s {
     unsigned                      sent:1;
     unsigned                      waiting:1;
     unsigned                      request_id_kept:1;
+    unsigned                      replay:1;     /* stored bytes, as-is */
     unsigned                      request_id_sent:1;
 };
 
@@ -92,7 +93,9 @@ struct ngx_http_apigw_ctx_s {
  * An access-phase stage.  Called (again) until it stops returning
  * NGX_AGAIN: NGX_DECLINED passes to the next stage, NGX_AGAIN means it
  * waits on Redis through ngx_http_apigw_redis_wait() and will be called
- * again when the reply is in, a status >= 400 (from ngx_http_apigw_error())
+ * again when the reply is in, NGX_DONE means it resumes the phases itself
+ * (e.g. from a request body handler, as the mirror module does), a status
+ * >= 400 (from ngx_http_apigw_error())
  * ends the request with that envelope, NGX_ERROR is a 500.  Feature modules
  * register theirs from their postconfiguration, so the core module needs
  * no symbol of theirs and the order is always auth, rate limit,
