@@ -70,7 +70,11 @@ ngx_http_apigw_redis_call_t *ngx_http_apigw_redis_call(
     int argc, const char **argv, const size_t *argvlen,
     ngx_http_apigw_redis_handler_pt handler, void *data);
 
-/* After this the handler is never called; safe at any time before it was. */
+/*
+ * After this the handler is never called; safe at any time before it was
+ * (and from inside it).  Once the handler has returned, the call may be
+ * freed: forget the pointer in the handler, never cancel it afterwards.
+ */
 void ngx_http_apigw_redis_cancel(ngx_http_apigw_redis_call_t *call);
 
 /* Connection state, for fail-fast decisions and metrics. */
