@@ -9,6 +9,7 @@
 
 #include "ngx_http_apigw_module.h"
 #include "ngx_http_apigw_auth_cache.h"
+#include "ngx_http_apigw_metrics.h"
 
 
 typedef struct {
@@ -50,6 +51,8 @@ static char *ngx_http_apigw_require_scope(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_apigw_auth_stage(ngx_http_request_t *r,
     ngx_http_apigw_ctx_t *ctx);
+static ngx_int_t ngx_http_apigw_auth_refuse(ngx_http_request_t *r,
+    apigw_err_id_t id);
 
 
 static ngx_command_t  ngx_http_apigw_auth_commands[] = {
@@ -428,10 +431,10 @@ ngx_http_apigw_auth_judge(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         break;
 
     case APIGW_KEY_DISABLED:
-        return ngx_http_apigw_error(r, APIGW_E_ACCOUNT_DISABLED);
+        return ngx_http_apigw_auth_refuse(r, APIGW_E_ACCOUNT_DISABLED);
 
     default:
-        return ngx_http_apigw_error(r, APIGW_E_INVALID_CREDENTIALS);
+        return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
     }
 
     if (aalcf->scopes) {
@@ -442,7 +445,7 @@ ngx_http_apigw_auth_judge(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
             {
                 ngx_http_apigw_error_detail_str(r, "required_scope",
                                                 &scope[i]);
-                return ngx_http_apigw_error(r, APIGW_E_SCOPE_REQUIRED);
+                return ngx_http_apigw_auth_refuse(r, APIGW_E_SCOPE_REQUIRED);
             }
         }
     }
@@ -454,7 +457,20 @@ ngx_http_apigw_auth_judge(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "apigw auth: key_id \"%V\" accepted", &ctx->key_id);
 
+    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_OK);
+
     return NGX_DECLINED;
+}
+
+
+/* every refusal goes through here: each is counted once, by its code */
+
+static ngx_int_t
+ngx_http_apigw_auth_refuse(ngx_http_request_t *r, apigw_err_id_t id)
+{
+    ngx_http_apigw_metric_auth(id);
+
+    return ngx_http_apigw_error(r, id);
 }
 
 
@@ -509,7 +525,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         h = ngx_http_apigw_auth_credential(r, aalcf);
 
         if (h == NULL || h->value.len == 0) {
-            return ngx_http_apigw_error(r, APIGW_E_MISSING_CREDENTIALS);
+            return ngx_http_apigw_auth_refuse(r, APIGW_E_MISSING_CREDENTIALS);
         }
 
         if (apigw_auth_parse(h->value.data, h->value.len,
@@ -517,7 +533,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
             != 0
             || !apigw_auth_key_valid(key.data, key.len))
         {
-            return ngx_http_apigw_error(r, APIGW_E_INVALID_CREDENTIALS);
+            return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
         }
 
         apigw_sha256_hex(key.data, key.len, hex);
@@ -531,7 +547,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
             return ngx_http_apigw_auth_judge(r, ctx, aalcf, &actx->rec);
 
         case NGX_HTTP_APIGW_CACHE_NEGATIVE:
-            return ngx_http_apigw_error(r, APIGW_E_INVALID_CREDENTIALS);
+            return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
 
         default:
             break;
@@ -550,7 +566,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
 
     case NGX_HTTP_APIGW_AUTH_UNKNOWN:
         ngx_http_apigw_auth_cache_put(&aamcf->cache, actx->digest, NULL);
-        return ngx_http_apigw_error(r, APIGW_E_INVALID_CREDENTIALS);
+        return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
 
     default: /* NGX_HTTP_APIGW_AUTH_UNAVAILABLE */
 
@@ -567,6 +583,6 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
 
         ngx_http_apigw_error_detail_int(r, "retry_after", 1);
 
-        return ngx_http_apigw_error(r, APIGW_E_AUTH_UNAVAILABLE);
+        return ngx_http_apigw_auth_refuse(r, APIGW_E_AUTH_UNAVAILABLE);
     }
 }

@@ -4,6 +4,7 @@
  */
 
 #include "ngx_http_apigw_auth_cache.h"
+#include "ngx_http_apigw_metrics.h"
 
 
 #define NGX_HTTP_APIGW_DIGEST_LEN  32
@@ -348,6 +349,7 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
 
     if (node == NULL) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
         return NGX_HTTP_APIGW_CACHE_MISS;
     }
 
@@ -356,6 +358,7 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
     if ((ngx_msec_int_t) (cn->expires - ngx_current_msec) <= 0) {
         ngx_http_apigw_auth_cache_delete(zone, node);
         ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
         return NGX_HTTP_APIGW_CACHE_MISS;
     }
 
@@ -364,6 +367,7 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
 
     if (cn->negative) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_NEGATIVE);
         return NGX_HTTP_APIGW_CACHE_NEGATIVE;
     }
 
@@ -379,8 +383,12 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     if (rc != NGX_HTTP_APIGW_CACHE_HIT) {
+        /* no memory for the copy: Redis is asked, as on a miss */
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
         return rc;
     }
+
+    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_HIT);
 
     p = copy;
 

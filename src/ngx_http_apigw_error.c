@@ -5,6 +5,7 @@
  */
 
 #include "ngx_http_apigw_module.h"
+#include "ngx_http_apigw_metrics.h"
 
 
 ngx_int_t
@@ -153,6 +154,8 @@ ngx_http_apigw_render(ngx_http_request_t *r, ngx_http_apigw_loc_conf_t *alcf,
     }
 
     b->last = b->pos + apigw_envelope_render(alcf->template, e, b->pos);
+
+    ngx_http_apigw_metric_envelope(r, e);
 
     ctx = ngx_http_apigw_get_ctx(r->main);
     if (ctx) {

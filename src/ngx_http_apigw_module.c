@@ -773,6 +773,14 @@ ngx_http_apigw_resume(ngx_event_t *ev)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "apigw resume \"%V\"", &r->uri);
 
+    /*
+     * The wait is over: whether a client that closes now ends the request
+     * is the content handler's decision (proxy_ignore_client_abort), not
+     * ngx_http_test_reading()'s, which the upstream module never replaces
+     * when it ignores client aborts.
+     */
+    r->read_event_handler = ngx_http_block_reading;
+
     r->write_event_handler(r);
 
     ngx_http_run_posted_requests(c);

@@ -20,6 +20,7 @@
 #include <openssl/sha.h>
 
 #include "ngx_http_apigw_redis.h"
+#include "ngx_http_apigw_metrics.h"
 
 
 #define NGX_HTTP_APIGW_REDIS_DEFAULT_PORT     6379
@@ -69,6 +70,7 @@ struct ngx_http_apigw_redis_call_s {
     void                             *data;
     ngx_event_t                       timer;
     ngx_queue_t                       queue;       /* in failed, if queued */
+    ngx_msec_t                        start;       /* submitted, for latency */
 
     /* script calls only: the full argv, kept for the EVAL retry */
     ngx_http_apigw_redis_script_t    *script;
@@ -664,6 +666,8 @@ ngx_http_apigw_redis_handshake_cb(redisAsyncContext *ac, void *r,
     rc->backoff = NGX_HTTP_APIGW_REDIS_BACKOFF_MIN;
 
     if (rc->down) {
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_REDIS_RECONNECTS);
+
         /* at the level of the outage line, so the pair is always seen */
         ngx_log_error(NGX_LOG_ERR, rc->reconnect.log, 0,
                       "redis connection to %V restored after %M ms",
@@ -993,6 +997,9 @@ ngx_http_apigw_redis_call(ngx_http_apigw_redis_script_t *script, int nkeys,
 
     call->handler = handler;
     call->data = data;
+    call->start = ngx_current_msec;
+
+    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_REDIS_COMMANDS);
 
     call->timer.handler = ngx_http_apigw_redis_timeout_handler;
     call->timer.data = call;
@@ -1189,10 +1196,20 @@ ngx_http_apigw_redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         ngx_del_timer(&call->timer);
     }
 
+    /* also for a call whose caller gave up: Redis took that long */
+    if (reply) {
+        ngx_http_apigw_metric_observe_redis_latency(ngx_current_msec
+                                                    - call->start);
+    }
+
     handler = call->handler;
     call->handler = NULL;
 
     if (handler && !rc->exiting) {
+        if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+            ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_REDIS_ERRORS);
+        }
+
         handler(call->data,
                 reply ? NGX_HTTP_APIGW_REDIS_OK : NGX_HTTP_APIGW_REDIS_FAIL,
                 reply);
@@ -1215,6 +1232,8 @@ ngx_http_apigw_redis_timeout_handler(ngx_event_t *ev)
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
                    "apigw redis call %p timed out", call);
+
+    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_REDIS_TIMEOUTS);
 
     /* hiredis still holds the call: it is freed when its reply comes */
 
@@ -1300,6 +1319,7 @@ ngx_http_apigw_redis_fail_handler(ngx_event_t *ev)
         call->handler = NULL;
 
         if (handler) {
+            ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_REDIS_ERRORS);
             handler(call->data, NGX_HTTP_APIGW_REDIS_FAIL, NULL);
         }
 
