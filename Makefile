@@ -10,7 +10,7 @@ NGX_SRC ?= /usr/share/nginx/src
 
 DEBS := nginx nginx-dev libhiredis-dev libjansson-dev libssl-dev \
         libcmocka-dev redis-server redis-tools python3-pytest \
-        python3-requests python3-redis gcc make curl
+        python3-requests python3-redis gcc make curl faketime
 
 CORE_SRCS  := $(sort $(wildcard src/core/*.c))
 CORE_HDRS  := $(wildcard src/core/*.h)
@@ -89,3 +89,118 @@ run: deps
 
 clean:
 	rm -rf $(BUILD)
+
+# Benchmark (not part of `make test`): see bench/README.md.  The script
+# installs what it needs (wrk, the Lua peer's packages) and runs make build.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="-d 2 -r 1 --workers 1".
+.PHONY: bench bench-soak
+
+bench:
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+bench-soak:
+	$(PY) bench/bench.py --soak $(BENCH_ARGS)
+
+# ---- fuzzing and sanitizers (fuzz/README.md) ------------------------------
+# Not part of `make test`.  `make fuzz` runs every libFuzzer target of
+# fuzz/ for FUZZ_SECONDS each, `make fuzz-ci` for 20 s each; `make
+# test-asan` runs the integration suite against an ASan+UBSan build of the
+# module; `make test-valgrind` runs the Redis-fault tests with nginx under
+# valgrind.  Everything is built under build/.
+.PHONY: deps-sanitizers fuzz-build fuzz fuzz-ci asan-module test-asan \
+        test-valgrind
+
+SAN_DEBS := clang libclang-rt-14-dev valgrind
+
+deps-sanitizers: deps
+	@missing=""; for p in $(SAN_DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_TARGETS := $(patsubst fuzz/fuzz_%.c,%,$(sort $(wildcard fuzz/fuzz_*.c)))
+FUZZ_BINS    := $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS))
+FUZZ_OBJS    := $(patsubst src/core/%.c,$(FUZZ_DIR)/obj/%.o,$(CORE_SRCS))
+FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+                -fno-sanitize-recover=all -std=gnu99 -Wall -Wextra -Werror \
+                -Wno-unused-parameter -Wno-unused-function -Isrc/core
+
+$(FUZZ_DIR)/obj/%.o: src/core/%.c $(CORE_HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_common.h $(FUZZ_OBJS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJS) \
+	  $(CORE_LIBS) -lhiredis
+
+# kept: make would otherwise delete them as intermediates and rebuild
+.SECONDARY: $(FUZZ_OBJS)
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: deps-sanitizers
+	$(MAKE) fuzz-build
+	fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_DIR) $(FUZZ_TARGETS)
+
+fuzz-ci: deps-sanitizers
+	$(MAKE) fuzz-build
+	fuzz/run.sh 20 $(FUZZ_DIR) $(FUZZ_TARGETS)
+
+# The module with ASan+UBSan, configured like the normal build (Debian's
+# flags) plus the sanitizer flags, in build/asan/.  /usr/sbin/nginx is not
+# instrumented: the harness preloads the sanitizer runtime of the same
+# compiler into nginx (APIGW_NGINX_PRELOAD) and loads this .so
+# (APIGW_MODULE).  ASAN_CC=clang works too.
+ASAN_CC     ?= gcc
+ASAN_DIR    := $(BUILD)/asan
+ASAN_MODULE := $(ASAN_DIR)/ngx_http_apigw_module.so
+ASAN_FLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer
+ASAN_RTLIB   = $(if $(findstring clang,$(ASAN_CC)),$\
+                 libclang_rt.asan-x86_64.so,libasan.so)
+ASAN_RT      = $(shell $(ASAN_CC) -print-file-name=$(ASAN_RTLIB))
+# nginx frees its pools only partly at exit: no leak check on nginx
+ASAN_RUN_OPTIONS  := detect_leaks=0:abort_on_error=1:disable_coredump=1:$\
+                     detect_stack_use_after_return=1
+UBSAN_RUN_OPTIONS := print_stacktrace=1:halt_on_error=0
+
+asan-module: $(ASAN_MODULE)
+
+$(ASAN_MODULE): $(CORE_SRCS) $(CORE_HDRS) $(NGX_SRCS)
+	@mkdir -p $(ASAN_DIR)
+	@if [ ! -f $(ASAN_DIR)/nginx/objs/Makefile ] \
+	    || [ config -nt $(ASAN_DIR)/nginx/objs/Makefile ]; then \
+	  rm -rf $(ASAN_DIR)/nginx && cp -r $(NGX_SRC) $(ASAN_DIR)/nginx && \
+	  cd $(ASAN_DIR)/nginx && source ./conf_flags && \
+	  ASAN_OPTIONS=detect_leaks=0 ./configure "$${NGX_CONF_FLAGS[@]}" \
+	    --with-cc=$(ASAN_CC) --with-cc-opt="$(ASAN_FLAGS) -O1 -g" \
+	    --with-ld-opt="$(ASAN_FLAGS)" --add-dynamic-module=$(CURDIR) \
+	    > $(ASAN_DIR)/configure.log 2>&1 \
+	    || { tail -20 $(ASAN_DIR)/configure.log; exit 1; }; \
+	fi
+	ASAN_OPTIONS=detect_leaks=0 $(MAKE) -s -C $(ASAN_DIR)/nginx \
+	  -f objs/Makefile modules
+	cp $(ASAN_DIR)/nginx/objs/ngx_http_apigw_module.so $(ASAN_MODULE)
+
+# the whole integration suite; a sanitizer report fails the test that made
+# it (t/integration/harness.py, check_instances)
+test-asan: deps
+	$(MAKE) build
+	$(MAKE) asan-module
+	cd t/integration && APIGW_ROOT=$(CURDIR) APIGW_MODULE=$(ASAN_MODULE) \
+	  APIGW_NGINX_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=$(ASAN_RUN_OPTIONS) \
+	  UBSAN_OPTIONS=$(UBSAN_RUN_OPTIONS) \
+	  $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the Redis-fault tests of test_auth.py with nginx (master and workers)
+# under valgrind; t/valgrind/run.py judges the valgrind logs
+test-valgrind: deps-sanitizers
+	$(MAKE) build
+	$(PY) t/valgrind/run.py --root $(CURDIR) --out $(BUILD)/valgrind \
+	  $(PYTEST_ARGS)

@@ -16,6 +16,7 @@
  */
 
 #include "ngx_http_apigw_module.h"
+#include "ngx_http_apigw_metrics.h"
 #include "apigw_token_bucket.h"
 
 
@@ -1411,9 +1412,9 @@ static void
 ngx_http_apigw_rl_settle(ngx_http_apigw_ctx_t *ctx,
     ngx_http_apigw_rl_ctx_t *rctx, ngx_http_apigw_rl_outcome_e outcome)
 {
-    ngx_uint_t                i, n, t;
-    ngx_uint_t                map[NGX_HTTP_APIGW_RL_MAX];
-    apigw_tb_result_t         res[NGX_HTTP_APIGW_RL_MAX];
+    ngx_uint_t                 i, n, t;
+    ngx_uint_t                 map[NGX_HTTP_APIGW_RL_MAX];
+    apigw_tb_result_t          res[NGX_HTTP_APIGW_RL_MAX];
     ngx_http_apigw_rl_item_t  *it;
 
     /* the headers describe the bucket closest to empty among the known */
@@ -1442,9 +1443,11 @@ ngx_http_apigw_rl_settle(ngx_http_apigw_ctx_t *ctx,
 
 static ngx_int_t
 ngx_http_apigw_rl_refuse(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
-    ngx_http_apigw_rl_ctx_t *rctx)
+    ngx_http_apigw_rl_ctx_t *rctx, ngx_uint_t metric)
 {
     ngx_http_apigw_rl_item_t  *it;
+
+    ngx_http_apigw_metric_inc(metric);
 
     ngx_http_apigw_rl_settle(ctx, rctx, NGX_HTTP_APIGW_RL_REFUSED);
 
@@ -1484,10 +1487,12 @@ ngx_http_apigw_rl_fail(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     if (i == rctx->n) {
         /* failing open: no headers, there is nothing true to say */
         rctx->outcome = NGX_HTTP_APIGW_RL_NONE;
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_RATELIMIT_FAIL_OPEN);
         return NGX_DECLINED;
     }
 
     rctx->outcome = NGX_HTTP_APIGW_RL_UNAVAILABLE;
+    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_RATELIMIT_FAIL_CLOSED);
 
     ngx_http_apigw_error_detail_int(r, "retry_after", 1);
 
@@ -1527,7 +1532,8 @@ ngx_http_apigw_rl_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         ctx->feature[NGX_HTTP_APIGW_RATELIMIT] = rctx;
 
         if (ngx_http_apigw_rl_deny_check(rctx)) {
-            return ngx_http_apigw_rl_refuse(r, ctx, rctx);
+            return ngx_http_apigw_rl_refuse(r, ctx, rctx,
+                                     NGX_HTTP_APIGW_M_RATELIMIT_DENIED_LOCALLY);
         }
 
         return ngx_http_apigw_rl_send(r, ctx, rctx, 0);
@@ -1552,7 +1558,8 @@ ngx_http_apigw_rl_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         }
 
         if (refused) {
-            return ngx_http_apigw_rl_refuse(r, ctx, rctx);
+            return ngx_http_apigw_rl_refuse(r, ctx, rctx,
+                                            NGX_HTTP_APIGW_M_RATELIMIT_DENIED);
         }
 
         /* the next key value, if the policies use several */
@@ -1564,6 +1571,7 @@ ngx_http_apigw_rl_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         }
 
         ngx_http_apigw_rl_settle(ctx, rctx, NGX_HTTP_APIGW_RL_ALLOWED);
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_RATELIMIT_ALLOWED);
 
         return NGX_DECLINED;
 

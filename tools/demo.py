@@ -310,6 +310,10 @@ class Demo:
                 "  # 200: the upstream sees X-Apigw-Tenant, not the key",
                 "  curl -i -H %s %s/v1/echo" % (
                     shlex.quote("Authorization: Bearer " + key), u),
+                "  # 429 rate_limited after 10 quick ones (X-RateLimit-*)",
+                "  for i in $(seq 12); do curl -s -o /dev/null -w '%%{http_code} '"
+                " -H %s %s/v1/ok; done; echo" % (
+                    shlex.quote("Authorization: Bearer " + key), u),
                 "  # 403 scope_required: the key lacks 'admin'",
                 "  curl -i -H %s %s/v1/admin/echo" % (
                     shlex.quote("Authorization: Bearer " + key), u),

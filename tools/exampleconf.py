@@ -19,7 +19,7 @@ PORT, REDIS_PORT, UPSTREAM_PORT, DEAD_PORT = 8080, 6390, 9090, 9091
 
 MODULE_RE = re.compile(
     r"^([ \t]*load_module\s+)\S*ngx_http_apigw_module\.so(\s*;)", re.M)
-APIGW_DIRECTIVE_RE = re.compile(r"^[ \t]*apigw\w*\s[^\n]*;[^\n]*\n", re.M)
+APIGW_DIRECTIVE_RE = re.compile(r"^[ \t]*apigw\w*(\s[^\n]*)?;[^\n]*\n", re.M)
 APIGW_VARIABLE_RE = re.compile(r"\$apigw_\w+")
 
 
