@@ -55,7 +55,9 @@ $(MODULE): $(CORE_SRCS) $(CORE_HDRS) $(NGX_SRCS)
 	    > $(BUILD)/configure.log 2>&1 || { tail -20 $(BUILD)/configure.log; exit 1; }; \
 	fi
 	$(MAKE) -s -C $(BUILD)/nginx -f objs/Makefile modules
-	cp $(BUILD)/nginx/objs/ngx_http_apigw_module.so $(MODULE)
+	@# a new inode: nginx processes that mapped the old .so keep running
+	cp $(BUILD)/nginx/objs/ngx_http_apigw_module.so $(MODULE).tmp
+	mv -f $(MODULE).tmp $(MODULE)
 
 tools: $(KEYS)
 
