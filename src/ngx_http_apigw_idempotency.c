@@ -14,20 +14,24 @@
  *              request (they run after the envelope filter, so what is
  *              stored is what the client received) and complete the key,
  *              or release it when the status is not one to keep.
- *   cleanup    settles a key the response never settled: the upstream may
- *              have run, so a storable status seen means "completed without
- *              a body", never a release.
+ *   cleanup    settles a key the response never settled.
  *
- * One rule decides every fault: once the upstream may have run, the key is
- * never released.  A client may then wait for a lock to expire, but a
- * request is never run twice because of a fault here.
+ * One rule decides every fault: once the backend may have run the
+ * request, the key is never released.  So a storable status seen with an
+ * incomplete body completes the key without a body; nginx's own 502 or
+ * 504 after the request reached the backend, or a request that ends with
+ * no response after that, leaves the lock to expire; only what provably
+ * never reached a backend (and the backend's own 5xx, 429, ...) releases
+ * it.  A client may wait for a lock to expire; a request is never run
+ * twice because of a fault here.
  *
- * complete and release outlive the request: they are fire-and-forget
- * calls whose memory is their own, retried with backoff while Redis is
- * away, and never touch the request.
+ * complete and release outlive the request: fire-and-forget calls whose
+ * memory is their own, retried with backoff while Redis is away, never
+ * touching the request.
  */
 
 #include "ngx_http_apigw_module.h"
+#include "ngx_http_apigw_metrics.h"
 #include "apigw_idempotency.h"
 
 
@@ -920,16 +924,19 @@ ngx_http_apigw_idem_decide(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     switch (ictx->outcome) {
 
     case NGX_HTTP_APIGW_IDEM_CLAIMED:
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_CLAIMED);
         ngx_str_set(&ctx->idempotency_status, "miss");
         ictx->armed = 1;
         ictx->max_body = ictx->conf->max_body;
         return NGX_DECLINED;
 
     case NGX_HTTP_APIGW_IDEM_MISMATCH:
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_MISMATCH);
         ngx_str_set(&ctx->idempotency_status, "conflict");
         return ngx_http_apigw_error(r, APIGW_E_IDEMPOTENCY_KEY_MISMATCH);
 
     case NGX_HTTP_APIGW_IDEM_IN_FLIGHT:
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_IN_FLIGHT);
         ngx_str_set(&ctx->idempotency_status, "in_flight");
 
         secs = (ictx->pttl + 999) / 1000;
@@ -944,11 +951,13 @@ ngx_http_apigw_idem_decide(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         return ngx_http_apigw_error(r, APIGW_E_IDEMPOTENCY_KEY_IN_PROGRESS);
 
     case NGX_HTTP_APIGW_IDEM_COMPLETED:
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_REPLAYED);
         ngx_str_set(&ctx->idempotency_status, "replay");
         ictx->replay = 1;
         return NGX_DECLINED;
 
     case NGX_HTTP_APIGW_IDEM_NOBODY:
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_REPLAYED);
         ngx_str_set(&ctx->idempotency_status, "replay");
         return ngx_http_apigw_error(r,
                                     APIGW_E_IDEMPOTENCY_REPLAY_UNAVAILABLE);
@@ -961,6 +970,8 @@ ngx_http_apigw_idem_decide(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
          * mode, as forwarding would run it a second time.
          */
 
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_UNAVAILABLE);
+
         if (ngx_http_apigw_idem_retry_after(r, 1) != NGX_OK) {
             return NGX_ERROR;
         }
@@ -970,6 +981,8 @@ ngx_http_apigw_idem_decide(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     default: /* NGX_HTTP_APIGW_IDEM_UNAVAILABLE */
         break;
     }
+
+    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_UNAVAILABLE);
 
     if (ictx->conf->fail == NGX_HTTP_APIGW_IDEM_FAIL_OPEN) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -1083,8 +1096,9 @@ ngx_http_apigw_idem_cleanup(void *data)
 
         /*
          * A storable status was sent, but the body never completed: the
-         * client left while nginx drained the upstream without filters, or
-         * the upstream failed mid-body.  The upstream did run.
+         * upstream failed mid-body, or the client left where the body
+         * cannot be taken over (HTTP/2, a send timeout) and nginx stopped
+         * reading the upstream.  The upstream did run.
          */
 
         ngx_http_apigw_idem_settle(ictx, NGX_HTTP_APIGW_IDEM_OP_NOBODY,
@@ -1219,6 +1233,9 @@ ngx_http_apigw_idem_replay_handler(ngx_http_request_t *r)
     /* the body was read for the fingerprint already */
 
     r->headers_out.status = rec->status;
+
+    /* as for the proxied original: a conditional retry gets no 304 */
+    r->disable_not_modified = 1;
 
     for (i = 0; i < rec->nheaders; i++) {
         name.len = rec->headers[i].name.len;
@@ -1559,30 +1576,48 @@ ngx_http_apigw_idem_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
     ngx_int_t                   rc;
     ngx_uint_t                  last;
+    ngx_chain_t                *cl;
     ngx_http_apigw_idem_ctx_t  *ictx;
 
-    if (r != r->main || in == NULL) {
+    if (r != r->main) {
         return ngx_http_next_body_filter(r, in);
     }
 
     ictx = ngx_http_apigw_idem_get(r);
 
-    if (ictx == NULL || !ictx->capturing) {
+    if (ictx && ictx->gone) {
+
+        /*
+         * Nobody to send to: nothing is passed on any more (a flush would
+         * only fail and stop the upstream), everything is taken here.
+         */
+
+        last = 0;
+
+        if (ictx->capturing) {
+            ngx_http_apigw_idem_capture(r, ictx, in, &last);
+
+            if (last) {
+                ngx_http_apigw_idem_finish(ictx);
+            }
+
+        } else {
+            for (cl = in; cl; cl = cl->next) {
+                cl->buf->pos = cl->buf->last;
+                cl->buf->file_pos = cl->buf->file_last;
+            }
+        }
+
+        return NGX_OK;
+    }
+
+    if (in == NULL || ictx == NULL || !ictx->capturing) {
         return ngx_http_next_body_filter(r, in);
     }
 
     last = 0;
 
     ngx_http_apigw_idem_capture(r, ictx, in, &last);
-
-    if (ictx->gone) {
-        /* nobody to send to: only the record is still being written */
-        if (last) {
-            ngx_http_apigw_idem_finish(ictx);
-        }
-
-        return NGX_OK;
-    }
 
     /* stored before the client sees the end, so its retry is a replay */
     if (last) {
@@ -1768,6 +1803,10 @@ ngx_http_apigw_idem_settle(ngx_http_apigw_idem_ctx_t *ictx,
 
     ictx->owes = 0;
     ictx->capturing = 0;
+
+    ngx_http_apigw_metric_inc(kind == NGX_HTTP_APIGW_IDEM_OP_RELEASE
+                              ? NGX_HTTP_APIGW_M_IDEMPOTENCY_RELEASED
+                              : NGX_HTTP_APIGW_M_IDEMPOTENCY_STORED);
 
     argv[0] = "EVAL";
     argvlen[0] = 4;
