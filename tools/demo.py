@@ -314,6 +314,11 @@ class Demo:
                 "  for i in $(seq 12); do curl -s -o /dev/null -w '%%{http_code} '"
                 " -H %s %s/v1/ok; done; echo" % (
                     shlex.quote("Authorization: Bearer " + key), u),
+                "  # a POST with an Idempotency-Key, sent twice: the second "
+                "is a replay",
+                "  curl -i -X POST -d '{\"amount\":5}' -H %s "
+                "-H 'Idempotency-Key: order-1' %s/v1/payments/charge" % (
+                    shlex.quote("Authorization: Bearer " + key), u),
                 "  # 403 scope_required: the key lacks 'admin'",
                 "  curl -i -H %s %s/v1/admin/echo" % (
                     shlex.quote("Authorization: Bearer " + key), u),

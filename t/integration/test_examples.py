@@ -35,6 +35,13 @@ def test_demo_conf(nginx_factory, redis, upstream):
     r = requests.get(n.url("/v1/echo"), headers=auth)
     assert r.status_code == 200
     assert r.json()["headers"]["x-apigw-tenant"] == "demo"
+    pay = dict(auth, **{"Idempotency-Key": "order-1"})
+    r1 = requests.post(n.url("/v1/payments/charge"), data="5", headers=pay)
+    r2 = requests.post(n.url("/v1/payments/charge"), data="5", headers=pay)
+    assert r1.status_code == r2.status_code == 201
+    assert r1.content == r2.content
+    assert r2.headers["Idempotent-Replayed"] == "true"
+    assert upstream.counts()["payments/charge"] == 1
     r = requests.get(n.url("/v1/admin/echo"), headers=auth)
     assert json.loads(r.content)["error"]["code"] == "scope_required"
     n.allow_log(r"connect\(\) failed")
