@@ -15,45 +15,19 @@ ngx_http_apigw_header_is(ngx_table_elt_t *h, const char *lowcase_name,
 }
 
 
-ngx_table_elt_t *
-ngx_http_apigw_find_in_header(ngx_http_request_t *r, const char *lowcase_name,
-    size_t len)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (ngx_http_apigw_header_is(&h[i], lowcase_name, len)) {
-            return &h[i];
-        }
-    }
-}
-
+/* The number of headers of that name, and the first of them. */
 
 ngx_uint_t
 ngx_http_apigw_count_in_header(ngx_http_request_t *r,
-    const char *lowcase_name, size_t len)
+    const char *lowcase_name, size_t len, ngx_table_elt_t **first)
 {
     ngx_uint_t        i, n;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
     n = 0;
+    *first = NULL;
+
     part = &r->headers_in.headers.part;
     h = part->elts;
 
@@ -70,9 +44,23 @@ ngx_http_apigw_count_in_header(ngx_http_request_t *r,
         }
 
         if (ngx_http_apigw_header_is(&h[i], lowcase_name, len)) {
-            n++;
+            if (n++ == 0) {
+                *first = &h[i];
+            }
         }
     }
+}
+
+
+ngx_table_elt_t *
+ngx_http_apigw_find_in_header(ngx_http_request_t *r, const char *lowcase_name,
+    size_t len)
+{
+    ngx_table_elt_t  *first;
+
+    (void) ngx_http_apigw_count_in_header(r, lowcase_name, len, &first);
+
+    return first;
 }
 
 

@@ -513,14 +513,16 @@ ngx_http_apigw_idem_start(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     size_t                      n;
     u_char                      buf[APIGW_IDEM_KEY_MAX];
     ngx_int_t                   rc;
+    ngx_uint_t                  copies;
     ngx_str_t                   scope, tenant;
     apigw_str_t                 key, prefix, ns;
     ngx_table_elt_t            *h;
     ngx_pool_cleanup_t         *cln;
     ngx_http_apigw_idem_ctx_t  *ictx;
 
-    h = ngx_http_apigw_find_in_header(r, "idempotency-key",
-                                      sizeof("idempotency-key") - 1);
+    copies = ngx_http_apigw_count_in_header(r, "idempotency-key",
+                                            sizeof("idempotency-key") - 1,
+                                            &h);
 
     if (h == NULL) {
         if (ilcf->required) {
@@ -531,9 +533,7 @@ ngx_http_apigw_idem_start(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     }
 
     /* two fields would be one comma-joined value: never a valid key */
-    if (ngx_http_apigw_count_in_header(r, "idempotency-key",
-                                       sizeof("idempotency-key") - 1)
-        != 1
+    if (copies != 1
         || apigw_idem_key_parse(h->value.data, h->value.len, buf, &key) != 0)
     {
         ngx_http_apigw_error_param(r, &ngx_http_apigw_idem_param);

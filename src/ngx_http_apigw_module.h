@@ -75,6 +75,7 @@ struct ngx_http_apigw_ctx_s {
     unsigned                      sent:1;
     unsigned                      waiting:1;
     unsigned                      request_id_kept:1;
+    unsigned                      request_id_dup:1; /* client sent several */
     unsigned                      replay:1;     /* stored bytes, as-is */
     unsigned                      request_id_sent:1;
 };
@@ -169,7 +170,7 @@ ngx_table_elt_t *ngx_http_apigw_set_out_header(ngx_http_request_t *r,
 ngx_table_elt_t *ngx_http_apigw_find_in_header(ngx_http_request_t *r,
     const char *lowcase_name, size_t len);
 ngx_uint_t ngx_http_apigw_count_in_header(ngx_http_request_t *r,
-    const char *lowcase_name, size_t len);
+    const char *lowcase_name, size_t len, ngx_table_elt_t **first);
 ngx_int_t ngx_http_apigw_remove_in_headers(ngx_http_request_t *r,
     const char **lowcase_names, ngx_uint_t n);
 ngx_int_t ngx_http_apigw_add_in_header(ngx_http_request_t *r,

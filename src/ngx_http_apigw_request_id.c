@@ -61,8 +61,10 @@ ngx_http_apigw_request_id_init(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    h = ngx_http_apigw_find_in_header(r, "x-request-id",
-                                      sizeof("x-request-id") - 1);
+    /* one walk: the first copy is the candidate, the count is for later */
+    ctx->request_id_dup = ngx_http_apigw_count_in_header(r, "x-request-id",
+                                              sizeof("x-request-id") - 1, &h)
+                          > 1;
 
     if (h && apigw_request_id_valid(h->value.data, h->value.len)) {
         ctx->request_id = h->value;
@@ -108,11 +110,7 @@ ngx_http_apigw_request_id_to_upstream(ngx_http_request_t *r,
      * and ours is added, so the upstream never sees two ids.
      */
 
-    if (ctx->request_id_kept
-        && ngx_http_apigw_count_in_header(r, "x-request-id",
-                                          sizeof("x-request-id") - 1)
-           == 1)
-    {
+    if (ctx->request_id_kept && !ctx->request_id_dup) {
         return NGX_OK;
     }
 
