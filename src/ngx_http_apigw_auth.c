@@ -540,7 +540,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         ngx_http_apigw_hex_decode(actx->digest, hex, sizeof(actx->digest));
 
         switch (ngx_http_apigw_auth_cache_get(&aamcf->cache, actx->digest,
-                                              &actx->rec, r->pool))
+                                              &actx->rec, r->pool, 0))
         {
         case NGX_HTTP_APIGW_CACHE_HIT:
             actx->state = NGX_HTTP_APIGW_AUTH_FOUND;
@@ -569,6 +569,22 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
 
     default: /* NGX_HTTP_APIGW_AUTH_UNAVAILABLE */
+
+        /*
+         * A record that expired from the cache a short while ago still
+         * vouches for its key while Redis cannot (stale_if_error), like
+         * proxy_cache_use_stale: an outage then costs nothing to keys in
+         * use, at the price of revocations waiting for Redis to return.
+         */
+        if (aamcf->cache.stale_if_error
+            && ngx_http_apigw_auth_cache_get(&aamcf->cache, actx->digest,
+                                             &actx->rec, r->pool, 1)
+               == NGX_HTTP_APIGW_CACHE_HIT)
+        {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "apigw auth: Redis unavailable, stale record");
+            return ngx_http_apigw_auth_judge(r, ctx, aalcf, &actx->rec);
+        }
 
         /*
          * Never a 401 here: that would tell a client with a good key that

@@ -170,6 +170,7 @@ ngx_http_apigw_auth_cache_conf(ngx_conf_t *cf,
     ngx_str_null(&name);
     cache->ttl = 30000;
     cache->negative_ttl = 5000;
+    cache->stale_if_error = 0;
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -233,6 +234,22 @@ ngx_http_apigw_auth_cache_conf(ngx_conf_t *cf,
             }
 
             cache->negative_ttl = (ngx_msec_t) ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "stale_if_error=", 15) == 0) {
+            s.data = value[i].data + 15;
+            s.len = value[i].len - 15;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid stale_if_error \"%V\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            cache->stale_if_error = (ngx_msec_t) ms;
             continue;
         }
 
@@ -325,8 +342,10 @@ ngx_http_apigw_auth_cache_delete(ngx_http_apigw_auth_cache_zone_t *zone,
 
 ngx_http_apigw_cache_result_e
 ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
-    const u_char *digest, apigw_key_record_t *rec, ngx_pool_t *pool)
+    const u_char *digest, apigw_key_record_t *rec, ngx_pool_t *pool,
+    ngx_uint_t stale)
 {
+    ngx_msec_int_t                     age;
     u_char                            *p, *copy;
     size_t                             n;
     ngx_uint_t                         i, hash;
@@ -349,16 +368,43 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
 
     if (node == NULL) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
-        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
+
+        if (!stale) {
+            ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
+        }
+
         return NGX_HTTP_APIGW_CACHE_MISS;
     }
 
     cn = (ngx_http_apigw_auth_cache_node_t *) &node->color;
 
-    if ((ngx_msec_int_t) (cn->expires - ngx_current_msec) <= 0) {
+    /* how long ago the entry expired; <= 0: still fresh */
+    age = (ngx_msec_int_t) (ngx_current_msec - cn->expires);
+
+    if (age >= 0 && (!stale || cn->negative)) {
+
+        /*
+         * An expired record is kept while it may still stand in for Redis
+         * during an outage (stale_if_error); a negative entry never does:
+         * the key may have been created since.
+         */
+
+        if (cn->negative || age > (ngx_msec_int_t) cache->stale_if_error) {
+            ngx_http_apigw_auth_cache_delete(zone, node);
+        }
+
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+
+        if (!stale) {
+            ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
+        }
+
+        return NGX_HTTP_APIGW_CACHE_MISS;
+    }
+
+    if (age >= 0 && age > (ngx_msec_int_t) cache->stale_if_error) {
         ngx_http_apigw_auth_cache_delete(zone, node);
         ngx_shmtx_unlock(&zone->shpool->mutex);
-        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
         return NGX_HTTP_APIGW_CACHE_MISS;
     }
 
@@ -384,11 +430,15 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
 
     if (rc != NGX_HTTP_APIGW_CACHE_HIT) {
         /* no memory for the copy: Redis is asked, as on a miss */
-        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
+        if (!stale) {
+            ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_MISS);
+        }
+
         return rc;
     }
 
-    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_AUTH_CACHE_HIT);
+    ngx_http_apigw_metric_inc(stale ? NGX_HTTP_APIGW_M_AUTH_CACHE_STALE
+                                    : NGX_HTTP_APIGW_M_AUTH_CACHE_HIT);
 
     p = copy;
 

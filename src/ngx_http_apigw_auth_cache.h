@@ -19,6 +19,7 @@ typedef struct {
     ngx_shm_zone_t  *shm_zone;
     ngx_msec_t       ttl;
     ngx_msec_t       negative_ttl;
+    ngx_msec_t       stale_if_error;   /* 0: never serve expired records */
 } ngx_http_apigw_auth_cache_t;
 
 typedef enum {
@@ -35,10 +36,14 @@ extern const char  *ngx_http_apigw_key_record_names[];
 char *ngx_http_apigw_auth_cache_conf(ngx_conf_t *cf,
     ngx_http_apigw_auth_cache_t *cache, ngx_module_t *module);
 
-/* On a hit, the record's strings are copied into pool. */
+/*
+ * On a hit, the record's strings are copied into pool.  stale: Redis is
+ * unreachable, and a positive record that expired at most stale_if_error
+ * ago counts as a hit.
+ */
 ngx_http_apigw_cache_result_e ngx_http_apigw_auth_cache_get(
     ngx_http_apigw_auth_cache_t *cache, const u_char *digest,
-    apigw_key_record_t *rec, ngx_pool_t *pool);
+    apigw_key_record_t *rec, ngx_pool_t *pool, ngx_uint_t stale);
 
 /* rec == NULL stores a negative entry. */
 void ngx_http_apigw_auth_cache_put(ngx_http_apigw_auth_cache_t *cache,

@@ -158,6 +158,7 @@ static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_cache[] = {
     { ngx_string("hit"), NGX_HTTP_APIGW_M_AUTH_CACHE_HIT },
     { ngx_string("miss"), NGX_HTTP_APIGW_M_AUTH_CACHE_MISS },
     { ngx_string("negative_hit"), NGX_HTTP_APIGW_M_AUTH_CACHE_NEGATIVE },
+    { ngx_string("stale_hit"), NGX_HTTP_APIGW_M_AUTH_CACHE_STALE },
     NGX_HTTP_APIGW_METRICS_END
 };
 

@@ -44,6 +44,7 @@ typedef enum {
     NGX_HTTP_APIGW_M_AUTH_CACHE_HIT,
     NGX_HTTP_APIGW_M_AUTH_CACHE_MISS,
     NGX_HTTP_APIGW_M_AUTH_CACHE_NEGATIVE,
+    NGX_HTTP_APIGW_M_AUTH_CACHE_STALE,      /* served during an outage */
 
     /* apigw_auth_requests_total{outcome}: one per authenticated request */
     NGX_HTTP_APIGW_M_AUTH_OK,

@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -322,6 +323,7 @@ def test_redis_restart_recovers_without_reload(nginx_factory, redis,
 def test_redis_killed_during_burst(nginx_factory, redis, upstream):
     gw = start(nginx_factory, redis, upstream, ttl="1ms")
     put_key(redis, KEY)
+    first_ok = threading.Event()
 
     def one(i):
         try:
@@ -329,13 +331,15 @@ def test_redis_killed_during_burst(nginx_factory, redis, upstream):
         except requests.RequestException as e:  # noqa: F841
             return "conn-error"
         if r.status_code == 200:
+            first_ok.set()
             return "ok"
         doc = json.loads(r.content)
         return doc["error"]["code"]
 
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         futs = [ex.submit(one, i) for i in range(500)]
-        time.sleep(0.2)
+        # the burst is under way (a fixed sleep is too short under valgrind)
+        first_ok.wait(10)
         redis.kill()
         results = [f.result() for f in futs]
     assert set(results) <= {"ok", "auth_unavailable"}, set(results)
@@ -370,3 +374,56 @@ def test_auth_needs_redis_directive(nginx_factory):
     rc, out = n.test_config()
     assert rc != 0
     assert "apigw_redis" in out
+
+
+STALE_CONF = """
+apigw on;
+apigw_redis 127.0.0.1:{redis_port} timeout=100ms connect_timeout=100ms;
+apigw_auth_cache zone=keys:1m ttl=300ms negative_ttl=300ms %s;
+server {
+    listen 127.0.0.1:{port};
+    location /api/ {
+        apigw_auth on;
+        proxy_pass http://127.0.0.1:{upstream_port}/;
+    }
+}
+"""
+
+
+def test_stale_if_error_serves_expired_records_during_outage(
+        nginx_factory, redis, upstream):
+    gw = nginx_factory(STALE_CONF % "stale_if_error=30s", redis=redis,
+                       upstream=upstream)
+    put_key(redis, KEY)
+    assert requests.get(gw.url("/api/echo"), headers=bearer()).status_code \
+        == 200
+    time.sleep(0.5)                     # the cached record has expired
+    redis.pause()
+    try:
+        r = requests.get(gw.url("/api/echo"), headers=bearer(), timeout=5)
+        assert r.status_code == 200
+        assert r.json()["headers"]["x-apigw-tenant"] == "acme"
+        # a key never seen has nothing to fall back on: still a 503
+        r = requests.get(gw.url("/api/echo"), headers=bearer(KEY2),
+                         timeout=5)
+        assert r.status_code == 503
+        assert json.loads(r.content)["error"]["code"] == "auth_unavailable"
+    finally:
+        redis.resume()
+    gw.allow_log(r"redis")
+
+
+def test_without_stale_if_error_expired_record_is_not_used(
+        nginx_factory, redis, upstream):
+    gw = nginx_factory(STALE_CONF % "", redis=redis, upstream=upstream)
+    put_key(redis, KEY)
+    assert requests.get(gw.url("/api/echo"), headers=bearer()).status_code \
+        == 200
+    time.sleep(0.5)
+    redis.pause()
+    try:
+        r = requests.get(gw.url("/api/echo"), headers=bearer(), timeout=5)
+        assert r.status_code == 503
+    finally:
+        redis.resume()
+    gw.allow_log(r"redis")
