@@ -159,11 +159,15 @@ fuzz-ci: deps-sanitizers
 # flags) plus the sanitizer flags, in build/asan/.  /usr/sbin/nginx is not
 # instrumented: the harness preloads the sanitizer runtime of the same
 # compiler into nginx (APIGW_NGINX_PRELOAD) and loads this .so
-# (APIGW_MODULE).  ASAN_CC=clang works too.
-ASAN_CC     ?= gcc
+# (APIGW_MODULE).  clang's runtime holds ASan and UBSan in one library;
+# with ASAN_CC=gcc (libasan + libubsan) reports ignore log_path and land in
+# error.log, where the harness finds them too.
+ASAN_CC     ?= clang
 ASAN_DIR    := $(BUILD)/asan
 ASAN_MODULE := $(ASAN_DIR)/ngx_http_apigw_module.so
 ASAN_FLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer
+ASAN_CCOPT   = $(ASAN_FLAGS) -O1 -g $(if $(findstring clang,$(ASAN_CC)),$\
+                 -fsanitize-ignorelist=$(CURDIR)/t/asan/ignorelist.txt)
 ASAN_RTLIB   = $(if $(findstring clang,$(ASAN_CC)),$\
                  libclang_rt.asan-x86_64.so,libasan.so)
 ASAN_RT      = $(shell $(ASAN_CC) -print-file-name=$(ASAN_RTLIB))
@@ -174,14 +178,26 @@ UBSAN_RUN_OPTIONS := print_stacktrace=1:halt_on_error=0
 
 asan-module: $(ASAN_MODULE)
 
-$(ASAN_MODULE): $(CORE_SRCS) $(CORE_HDRS) $(NGX_SRCS)
+# the compiler of the last build: another one rebuilds from configure on
+$(ASAN_DIR)/cc: asan-cc-check
+	@:
+.PHONY: asan-cc-check
+asan-cc-check:
 	@mkdir -p $(ASAN_DIR)
+	@[ "$$(cat $(ASAN_DIR)/cc 2>/dev/null)" = "$(ASAN_CC)" ] \
+	  || echo "$(ASAN_CC)" > $(ASAN_DIR)/cc
+
+$(ASAN_MODULE): $(ASAN_DIR)/cc t/asan/ignorelist.txt $(CORE_SRCS) \
+                $(CORE_HDRS) $(NGX_SRCS)
 	@if [ ! -f $(ASAN_DIR)/nginx/objs/Makefile ] \
-	    || [ config -nt $(ASAN_DIR)/nginx/objs/Makefile ]; then \
+	    || [ config -nt $(ASAN_DIR)/nginx/objs/Makefile ] \
+	    || [ $(ASAN_DIR)/cc -nt $(ASAN_DIR)/nginx/objs/Makefile ] \
+	    || [ t/asan/ignorelist.txt -nt $(ASAN_DIR)/nginx/objs/Makefile ]; \
+	then \
 	  rm -rf $(ASAN_DIR)/nginx && cp -r $(NGX_SRC) $(ASAN_DIR)/nginx && \
 	  cd $(ASAN_DIR)/nginx && source ./conf_flags && \
 	  ASAN_OPTIONS=detect_leaks=0 ./configure "$${NGX_CONF_FLAGS[@]}" \
-	    --with-cc=$(ASAN_CC) --with-cc-opt="$(ASAN_FLAGS) -O1 -g" \
+	    --with-cc=$(ASAN_CC) --with-cc-opt="$(ASAN_CCOPT)" \
 	    --with-ld-opt="$(ASAN_FLAGS)" --add-dynamic-module=$(CURDIR) \
 	    > $(ASAN_DIR)/configure.log 2>&1 \
 	    || { tail -20 $(ASAN_DIR)/configure.log; exit 1; }; \
@@ -192,7 +208,7 @@ $(ASAN_MODULE): $(CORE_SRCS) $(CORE_HDRS) $(NGX_SRCS)
 
 # the whole integration suite; a sanitizer report fails the test that made
 # it (t/integration/harness.py, check_instances)
-test-asan: deps
+test-asan: deps-sanitizers
 	$(MAKE) build
 	$(MAKE) asan-module
 	cd t/integration && APIGW_ROOT=$(CURDIR) APIGW_MODULE=$(ASAN_MODULE) \
@@ -200,9 +216,28 @@ test-asan: deps
 	  UBSAN_OPTIONS=$(UBSAN_RUN_OPTIONS) \
 	  $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# the Redis-fault tests of test_auth.py with nginx (master and workers)
-# under valgrind; t/valgrind/run.py judges the valgrind logs
+# the Redis-fault tests of test_auth.py with nginx (one process, master_
+# process off) under valgrind; t/valgrind/run.py judges the valgrind logs
 test-valgrind: deps-sanitizers
 	$(MAKE) build
 	$(PY) t/valgrind/run.py --root $(CURDIR) --out $(BUILD)/valgrind \
 	  $(PYTEST_ARGS)
+
+# ---- soak (tools/soak.py; not part of `make test`) ------------------------
+# SOAK_SECONDS of wrk load through auth + rate limit + idempotency while
+# redis-server is restarted, SIGSTOPped and the upstreams flap (the fault
+# schedule scales with the duration); then: no worker crash, every error an
+# envelope with a designed code, no Idempotency-Key executed twice, worker
+# RSS flat.  Summary in bench/results/soak.txt, files in build/soak/.
+# SOAK_ARGS passes options, e.g. SOAK_ARGS="--rate 1500 --nice 10".
+SOAK_SECONDS ?= 300
+SOAK_ARGS    ?=
+
+.PHONY: soak
+
+soak: deps
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends wrk; }
+	$(MAKE) build
+	$(PY) tools/soak.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)

@@ -554,7 +554,11 @@ ngx_http_apigw_auth_cache_put(ngx_http_apigw_auth_cache_t *cache,
 
         *p++ = (u_char) (f->len >> 8);
         *p++ = (u_char) (f->len & 0xff);
-        p = ngx_cpymem(p, f->data, f->len);
+
+        /* an absent field has no data pointer: memcpy(p, NULL, 0) is UB */
+        if (f->len) {
+            p = ngx_cpymem(p, f->data, f->len);
+        }
     }
 
     ngx_rbtree_insert(&zone->sh->rbtree, node);

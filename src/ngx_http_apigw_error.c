@@ -142,6 +142,7 @@ ngx_buf_t *
 ngx_http_apigw_render(ngx_http_request_t *r, ngx_http_apigw_loc_conf_t *alcf,
     apigw_envelope_t *e)
 {
+    u_char                *p;
     size_t                 len;
     ngx_buf_t             *b;
     ngx_http_apigw_ctx_t  *ctx;
@@ -159,8 +160,21 @@ ngx_http_apigw_render(ngx_http_request_t *r, ngx_http_apigw_loc_conf_t *alcf,
 
     ctx = ngx_http_apigw_get_ctx(r->main);
     if (ctx) {
+        /*
+         * copied: an upstream's code lives in the analysis result, freed
+         * before the log phase reads $apigw_error_code
+         */
+        p = ngx_pnalloc(r->pool, e->code.len ? e->code.len : 1);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        if (e->code.len) {
+            ngx_memcpy(p, e->code.data, e->code.len);
+        }
+
         ctx->error_code.len = e->code.len;
-        ctx->error_code.data = e->code.data;
+        ctx->error_code.data = p;
     }
 
     return b;

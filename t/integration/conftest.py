@@ -11,7 +11,8 @@ from harness import Nginx, RedisServer, Upstream
 def _nginx_crash_guard():
     """After every test: each Nginx created in it is stopped, and its error
     log must show no worker crash ('exited on signal'), [alert] or [emerg]
-    unless the test allowed it with nginx.allow_log(regex)."""
+    unless the test allowed it with nginx.allow_log(regex), and it must
+    have written no ASan/UBSan report (make test-asan)."""
     del harness._instances[:]
     yield
     instances = list(harness._instances)

@@ -12,7 +12,23 @@ Fixtures (conftest.py; all started, all stopped at teardown, also on failure)
     Autouse guard: after each test, every Nginx created during it (by the
     factory or directly) is stopped and its error log must have no "exited
     on signal", [alert] or [emerg] line unless allowed with
-    nginx.allow_log(regex); a violation is an error at teardown.
+    nginx.allow_log(regex); a violation is an error at teardown.  A
+    sanitizer report in the Nginx's dir (a file asan.<pid> / ubsan.<pid>
+    written under APIGW_NGINX_PRELOAD, below, or report lines in error.log
+    or nginx.stdout) is a violation too, whatever allow_log() says.
+
+Environment (make test-asan / make test-valgrind set these)
+    APIGW_MODULE         the .so to load instead of build/ (an ASan build)
+    APIGW_NGINX_PRELOAD  a sanitizer runtime: nginx (and nginx -t) runs with
+                         LD_PRELOAD of it (after a test's own LD_PRELOAD,
+                         e.g. libfaketime, then with verify_asan_link_order
+                         =0), and ASAN_OPTIONS / UBSAN_OPTIONS get
+                         log_path=<nginx dir>/asan|ubsan appended
+    APIGW_NGINX_WRAPPER  a command nginx runs under (e.g. valgrind ...;
+                         "{dir}" becomes the Nginx's dir); nginx then runs
+                         with master_process off (one process: valgrind
+                         hides the workers' titles), so worker_pids() is
+                         empty and reload() is not supported
 
 Module level
     ROOT, MODULE (build/ngx_http_apigw_module.so), NGINX_BIN, PYTHON
@@ -78,6 +94,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -87,7 +104,10 @@ import time
 
 ROOT = os.path.abspath(os.environ.get("APIGW_ROOT") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-MODULE = os.path.join(ROOT, "build", "ngx_http_apigw_module.so")
+MODULE = os.environ.get("APIGW_MODULE") or os.path.join(
+    ROOT, "build", "ngx_http_apigw_module.so")
+NGINX_PRELOAD = os.environ.get("APIGW_NGINX_PRELOAD", "")
+NGINX_WRAPPER = os.environ.get("APIGW_NGINX_WRAPPER", "")
 NGINX_BIN = "/usr/sbin/nginx"
 REDIS_BIN = "/usr/bin/redis-server"
 PYTHON = "/usr/bin/python3"
@@ -435,6 +455,8 @@ class Upstream:
 
 _PLACEHOLDER_RE = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PROBLEM_RE = re.compile(r"exited on signal|\[alert\]|\[emerg\]")
+_SANITIZER_RE = re.compile(r"==\d+==ERROR: \w+Sanitizer|SUMMARY: \w+Sanitizer"
+                           r"|\S+:\d+:\d+: runtime error: ")
 
 # every Nginx created since the guard last looked (see conftest.py)
 _instances = []
@@ -516,7 +538,7 @@ class Nginx:
             lines.append("user root;")
         lines += [
             "daemon off;",
-            "master_process on;",
+            "master_process %s;" % ("off" if NGINX_WRAPPER else "on"),
             "worker_processes %d;" % self.worker_processes,
             "pid %s;" % self.pid_path,
             "lock_file %s/nginx.lock;" % d,
@@ -591,14 +613,29 @@ class Nginx:
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
     def _argv(self, *extra):
-        return [NGINX_BIN, "-p", self.dir + "/", "-c", self.conf_path] + \
-            list(extra)
+        wrapper = [a.replace("{dir}", self.dir)
+                   for a in shlex.split(NGINX_WRAPPER)]
+        return wrapper + [NGINX_BIN, "-p", self.dir + "/", "-c",
+                          self.conf_path] + list(extra)
 
     def _env(self):
-        if not self.env:
+        if not self.env and not NGINX_PRELOAD:
             return None
         e = dict(os.environ)
-        e.update({k: str(v) for k, v in self.env.items()})
+        e.update({k: str(v) for k, v in (self.env or {}).items()})
+        if NGINX_PRELOAD:
+            # what a test preloads itself comes first: libfaketime hangs
+            # when loaded after the ASan runtime, which works after it
+            # when told not to insist on being first
+            own = (self.env or {}).get("LD_PRELOAD")
+            e["LD_PRELOAD"] = " ".join(filter(None, [own, NGINX_PRELOAD]))
+            for var, name in (("ASAN_OPTIONS", "asan"),
+                              ("UBSAN_OPTIONS", "ubsan")):
+                e[var] = ":".join(filter(None, [
+                    e.get(var),
+                    "verify_asan_link_order=0" if own and name == "asan"
+                    else "",
+                    "log_path=" + os.path.join(self.dir, name)]))
         return e
 
     def test_config(self):
@@ -623,9 +660,11 @@ class Nginx:
             return port_open(self.port)
         try:
             wait_for(up, START_TIMEOUT, what="nginx on port %d" % self.port)
-            wait_for(lambda: (self.proc.poll() is None and len(
-                self.worker_pids()) >= self.worker_processes),
-                START_TIMEOUT, what="%d nginx workers" % self.worker_processes)
+            if not NGINX_WRAPPER:
+                wait_for(lambda: (self.proc.poll() is None and len(
+                    self.worker_pids()) >= self.worker_processes),
+                    START_TIMEOUT,
+                    what="%d nginx workers" % self.worker_processes)
         except HarnessError as e:
             self.stop()
             raise NginxError("nginx did not start: %s\n--- nginx.conf ---\n%s"
@@ -774,6 +813,23 @@ class Nginx:
                 out.append(line)
         return out
 
+    def sanitizer_reports(self):
+        """[(path, text)] of ASan/UBSan reports this nginx wrote (see
+        APIGW_NGINX_PRELOAD): report files, and report lines in what nginx
+        made of its stderr (error.log, nginx.stdout) where a runtime that
+        ignores log_path writes; never allowed"""
+        out = []
+        for name in sorted(os.listdir(self.dir)):
+            if re.match(r"(asan|ubsan)\.\d+$", name):
+                path = os.path.join(self.dir, name)
+                out.append((path, self._read(path)))
+        for path in (self.error_log_path, self.stdout_path):
+            lines = [ln for ln in self._read(path).splitlines()
+                     if _SANITIZER_RE.match(ln)]
+            if lines:
+                out.append((path, "\n".join(lines)))
+        return out
+
 
 def _example_workers(text):
     m = re.search(r"^\s*worker_processes\s+(\d+)\s*;", text, re.M)
@@ -799,10 +855,14 @@ def check_instances(instances):
             problems.append("%s: stop failed: %r" % (n.dir, e))
         for line in n.log_problems():
             problems.append("%s: %s" % (n.error_log_path, line))
+        for path, text in n.sanitizer_reports():
+            problems.append("%s:\n%s" % (path, "\n".join(
+                text.splitlines()[:60])))
     if problems:
         raise AssertionError(
             "nginx error log shows a crash or an alert (use "
-            "nginx.allow_log(regex) if expected):\n" + "\n".join(problems))
+            "nginx.allow_log(regex) if expected), or a sanitizer "
+            "reported:\n" + "\n".join(problems))
 
 
 # -- raw HTTP --------------------------------------------------------------

@@ -268,6 +268,16 @@ def test_upstream_error_string_shape(gw):
         "t-ec"))
 
 
+def test_error_code_variable_keeps_upstream_code(gw):
+    """$apigw_error_code of a foreign code: the analysis that held it is
+    freed before the log phase (was a use after free: err=x\x00...)."""
+    r = requests.get(gw.url("/api/status/402?shape=error_str"),
+                     headers=rid("t-lc"))
+    assert r.status_code == 402
+    line = gw.wait_log(r"rid=t-lc ")
+    assert " err=card_declined " in line, line
+
+
 def test_upstream_already_in_shape_passes_with_request_id(gw):
     # {"error":{"code","message"}} is the error_object shape itself
     r = requests.get(gw.url("/api/status/402?shape=error_obj"),

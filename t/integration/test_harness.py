@@ -544,6 +544,24 @@ def test_guard_detects_planted_crash(nginx_factory):
     harness.check_instances([n])
 
 
+def test_guard_reports_sanitizer_files(nginx_factory):
+    """make test-asan: an ASan/UBSan report file in the nginx's dir fails
+    the test, whatever allow_log() says."""
+    n = nginx_factory("server { listen 127.0.0.1:{port}; }", module=False)
+    assert n.sanitizer_reports() == []
+    with open(os.path.join(n.dir, "asan.4242"), "w") as f:
+        f.write("==4242==ERROR: AddressSanitizer: heap-buffer-overflow\n")
+    with open(os.path.join(n.dir, "asan.txt"), "w") as f:
+        f.write("not a report: no pid suffix\n")
+    n.allow_log(".")
+    assert [os.path.basename(p) for p, _ in n.sanitizer_reports()] == [
+        "asan.4242"]
+    with pytest.raises(AssertionError, match="heap-buffer-overflow"):
+        harness.check_instances([n])
+    os.unlink(os.path.join(n.dir, "asan.4242"))
+    harness.check_instances([n])
+
+
 def test_guard_fails_a_test_end_to_end(tmp_path):
     """The autouse guard, run by pytest itself on two planted tests."""
     shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path / "conftest.py")
