@@ -1062,7 +1062,8 @@ def targets_lines(summary):
     lines = []
 
     def add(label, s, key, target, vkey, fmt):
-        if s is None:
+        # a config left out with --only has no row or no ratio to compare
+        if s is None or (s["status"] == "ok" and s.get(key) is None):
             return
         if s["status"] != "ok":
             lines.append("%-44s n/a (%s)" % (label, s["status"]))
