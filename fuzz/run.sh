@@ -19,6 +19,8 @@ shift 2
 
 here=$(cd "$(dirname "$0")" && pwd)
 rc=0
+passed=0
+failed=0
 summary=""
 
 mkdir -p "$dir/artifacts" "$dir/logs"
@@ -47,7 +49,9 @@ for t in "$@"; do
 
     if [ $r -eq 0 ]; then
         status=ok
+        passed=$((passed + 1))
     else
+        failed=$((failed + 1))
         status="FAILED (rc $r)"
         rc=1
         echo "== fuzz_$t failed; the end of $log:"
@@ -63,5 +67,7 @@ done
 echo
 echo "fuzz summary (${secs}s each):"
 printf '%s' "$summary"
+# the plain closing line CI reads: one target is one test
+echo "fuzz: $passed passed, $failed failed"
 
 exit $rc
