@@ -64,14 +64,17 @@ ngx_http_apigw_find_in_header(ngx_http_request_t *r, const char *lowcase_name,
 }
 
 
+#define NGX_HTTP_APIGW_MAX_NAMES  8
+
+
 static ngx_uint_t
 ngx_http_apigw_header_in(ngx_table_elt_t *h, const char **names,
-    ngx_uint_t n)
+    const size_t *lens, ngx_uint_t n)
 {
     ngx_uint_t  k;
 
     for (k = 0; k < n; k++) {
-        if (ngx_http_apigw_header_is(h, names[k], ngx_strlen(names[k]))) {
+        if (ngx_http_apigw_header_is(h, names[k], lens[k])) {
             return 1;
         }
     }
@@ -91,10 +94,20 @@ ngx_int_t
 ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
     ngx_uint_t n)
 {
+    size_t            lens[NGX_HTTP_APIGW_MAX_NAMES];
     ngx_uint_t        i, total, drop;
     ngx_list_t        old;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h, *nh;
+
+    /* measured once, not once per header */
+    if (n > NGX_HTTP_APIGW_MAX_NAMES) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        lens[i] = ngx_strlen(names[i]);
+    }
 
     total = 0;
     drop = 0;
@@ -116,7 +129,7 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
 
         total++;
 
-        if (ngx_http_apigw_header_in(&h[i], names, n)) {
+        if (ngx_http_apigw_header_in(&h[i], names, lens, n)) {
             drop++;
 
             if (r->headers_in.authorization == &h[i]) {
@@ -157,7 +170,7 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
             i = 0;
         }
 
-        if (ngx_http_apigw_header_in(&h[i], names, n)) {
+        if (ngx_http_apigw_header_in(&h[i], names, lens, n)) {
             continue;
         }
 

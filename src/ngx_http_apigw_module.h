@@ -76,6 +76,7 @@ struct ngx_http_apigw_ctx_s {
     unsigned                      waiting:1;
     unsigned                      request_id_kept:1;
     unsigned                      request_id_dup:1; /* client sent several */
+    unsigned                      request_id_sent_in:1; /* ... or any */
     unsigned                      replay:1;     /* stored bytes, as-is */
     unsigned                      request_id_sent:1;
 };

@@ -66,6 +66,8 @@ ngx_http_apigw_request_id_init(ngx_http_request_t *r,
                                               sizeof("x-request-id") - 1, &h)
                           > 1;
 
+    ctx->request_id_sent_in = (h != NULL);
+
     if (h && apigw_request_id_valid(h->value.data, h->value.len)) {
         ctx->request_id = h->value;
         ctx->request_id_kept = 1;
@@ -114,7 +116,10 @@ ngx_http_apigw_request_id_to_upstream(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ngx_http_apigw_remove_in_headers(r, names, 1) != NGX_OK) {
+    /* the common case, no id from the client: nothing to take out */
+    if (ctx->request_id_sent_in
+        && ngx_http_apigw_remove_in_headers(r, names, 1) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
