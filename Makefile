@@ -26,12 +26,8 @@ CORE_CFLAGS := $(CFLAGS) -std=gnu99 -Wall -Wextra -Werror -Wno-unused-parameter 
                -Isrc/core
 CORE_LIBS  := -ljansson -lcrypto
 
-.PHONY: all deps build module tools unit integration test run clean
-
-all: build
-
-deps:
-	@missing=""; for p in $(DEBS); do \
+# installs those of the packages given that are not installed yet
+install_missing = missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" \
 	    || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -39,6 +35,13 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+.PHONY: all deps build module tools unit integration test run clean
+
+all: build
+
+deps:
+	@$(call install_missing,$(DEBS))
 
 build: module tools $(TTOOL_BINS)
 
@@ -115,14 +118,7 @@ bench-soak:
 SAN_DEBS := clang libclang-rt-14-dev valgrind
 
 deps-sanitizers: deps
-	@missing=""; for p in $(SAN_DEBS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" \
-	    || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@$(call install_missing,$(SAN_DEBS))
 
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60

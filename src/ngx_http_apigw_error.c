@@ -27,46 +27,21 @@ ngx_http_apigw_error(ngx_http_request_t *r, apigw_err_id_t id)
 }
 
 
-static apigw_detail_t *
-ngx_http_apigw_error_detail(ngx_http_request_t *r, const char *name)
-{
-    ngx_uint_t             i;
-    ngx_http_apigw_ctx_t  *ctx;
-
-    ctx = ngx_http_apigw_ensure_ctx(r);
-    if (ctx == NULL) {
-        return NULL;
-    }
-
-    for (i = 0; i < ctx->ndetails; i++) {
-        if (ngx_strcmp(ctx->details[i].name, name) == 0) {
-            return &ctx->details[i];
-        }
-    }
-
-    if (ctx->ndetails == APIGW_MAX_DETAILS) {
-        return NULL;
-    }
-
-    ctx->details[ctx->ndetails].name = name;
-
-    return &ctx->details[ctx->ndetails++];
-}
-
+/*
+ * Details are kept in the core's envelope form, so the core decides how a
+ * name given twice or one detail too many is handled, in one place.
+ */
 
 void
 ngx_http_apigw_error_detail_int(ngx_http_request_t *r, const char *name,
     long long v)
 {
-    apigw_detail_t  *d;
+    ngx_http_apigw_ctx_t  *ctx;
 
-    d = ngx_http_apigw_error_detail(r, name);
-    if (d == NULL) {
-        return;
+    ctx = ngx_http_apigw_ensure_ctx(r);
+    if (ctx) {
+        apigw_envelope_detail_int(&ctx->raised, name, v);
     }
-
-    d->kind = APIGW_DETAIL_INT;
-    d->num = v;
 }
 
 
@@ -74,25 +49,23 @@ void
 ngx_http_apigw_error_detail_str(ngx_http_request_t *r, const char *name,
     ngx_str_t *v)
 {
-    u_char          *p;
-    apigw_detail_t  *d;
+    u_char                *p;
+    ngx_http_apigw_ctx_t  *ctx;
+
+    ctx = ngx_http_apigw_ensure_ctx(r);
+    if (ctx == NULL) {
+        return;
+    }
 
     /* copied: callers often pass strings from a Redis reply or the stack */
-    p = ngx_pnalloc(r->pool, v->len);
+    p = ngx_pnalloc(r->pool, v->len ? v->len : 1);
     if (p == NULL) {
         return;
     }
 
     ngx_memcpy(p, v->data, v->len);
 
-    d = ngx_http_apigw_error_detail(r, name);
-    if (d == NULL) {
-        return;
-    }
-
-    d->kind = APIGW_DETAIL_STR;
-    d->str.len = v->len;
-    d->str.data = p;
+    apigw_envelope_detail_str(&ctx->raised, name, p, v->len);
 }
 
 
@@ -113,7 +86,6 @@ ngx_http_apigw_envelope_prepare(ngx_http_request_t *r,
     ngx_http_apigw_loc_conf_t *alcf, ngx_http_apigw_ctx_t *ctx,
     apigw_envelope_t *e, apigw_err_id_t id)
 {
-    ngx_uint_t                   i;
     ngx_http_apigw_main_conf_t  *amcf;
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_apigw_module);
@@ -129,11 +101,9 @@ ngx_http_apigw_envelope_prepare(ngx_http_request_t *r,
         e->param.len = ctx->param.len;
         e->param.data = ctx->param.data;
 
-        for (i = 0; i < ctx->ndetails; i++) {
-            e->details[i] = ctx->details[i];
-        }
-
-        e->ndetails = ctx->ndetails;
+        ngx_memcpy(e->details, ctx->raised.details,
+                   ctx->raised.ndetails * sizeof(apigw_detail_t));
+        e->ndetails = ctx->raised.ndetails;
     }
 }
 

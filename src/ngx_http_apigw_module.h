@@ -43,8 +43,7 @@ struct ngx_http_apigw_ctx_s {
 
     /* an error raised by a phase handler, rendered by the header filter */
     ngx_int_t                     error;        /* apigw_err_id_t or -1 */
-    apigw_detail_t                details[APIGW_MAX_DETAILS];
-    ngx_uint_t                    ndetails;
+    apigw_envelope_t              raised;       /* its details only */
     ngx_str_t                     param;
     ngx_str_t                     error_code;   /* $apigw_error_code */
 
