@@ -4,9 +4,11 @@
  * async context uses it), then every reply through the core decoding the
  * glue applies to it:
  *
- *   - an all-integer array: the token-bucket script's reply, as
- *     ngx_http_apigw_rl_reply() checks it, into apigw_tb_decode(), then the
- *     header math and the local deny cache of the decoded results;
+ *   - an all-integer array: the token-bucket script's reply to a batch,
+ *     as ngx_http_apigw_rl_batch_reply() checks it, into
+ *     apigw_tb_reply_now() and apigw_tb_decode_item() per item, split
+ *     into requests (checks) of 1..FZ_RL_MAX items, then the header math
+ *     and the local deny cache of each request's results;
  *   - an 8-element array: HMGET of a key record, as
  *     ngx_http_apigw_auth_reply() copies it, into apigw_key_record_check(),
  *     apigw_scopes_has() and the per-key rate/burst overrides;
@@ -81,45 +83,43 @@ fz_check_hdr(size_t (*fn)(unsigned char *, size_t,
 }
 
 
-static void
-fz_token_bucket(redisReply *reply, uint64_t clock)
+/*
+ * The capacity the glue sent for item i: picked by the input from values
+ * the glue sends (1 .. APIGW_TB_MAX_TOKENS), values it never sends (0,
+ * over the maximum) and the item's own remaining, so that decoding both
+ * succeeds and fails.
+ */
+static uint64_t
+fz_capacity(uint64_t clock, size_t i, long long remaining)
 {
-    int                 got;
-    size_t              i, k, nv, t, n;
-    long long           v[FZ_RL_MAX * APIGW_TB_REPLY_INTS];
+    switch ((clock >> ((i % 21) * 3)) & 7) {
+    case 0:
+        return 1;
+    case 1:
+        return 10;
+    case 2:
+        return APIGW_TB_MAX_TOKENS;
+    case 3:
+        return 0;
+    case 4:
+        return APIGW_TB_MAX_TOKENS + 1;
+    case 5:
+        return remaining > 0 ? (uint64_t) remaining + 1 : 1;
+    default:
+        return remaining > 0 ? (uint64_t) remaining : 1;
+    }
+}
+
+
+/* One request's results, as ngx_http_apigw_rl_* uses them. */
+static void
+fz_check(apigw_tb_result_t *res, size_t k, uint64_t clock)
+{
+    size_t              i, t, n;
     int64_t             sent, until, now;
     unsigned char      *out;
-    apigw_tb_result_t   res[FZ_RL_MAX], local;
+    apigw_tb_result_t   local;
     apigw_str_t         name = apigw_string("per_minute");
-
-    nv = reply->elements;
-
-    if (nv == 0 || nv > FZ_RL_MAX * APIGW_TB_REPLY_INTS
-        || nv % APIGW_TB_REPLY_INTS != 0)
-    {
-        return;
-    }
-
-    k = nv / APIGW_TB_REPLY_INTS;
-
-    for (i = 0; i < nv; i++) {
-        if (reply->element[i]->type != REDIS_REPLY_INTEGER) {
-            return;
-        }
-
-        v[i] = reply->element[i]->integer;
-    }
-
-    got = apigw_tb_decode(res, k, v, nv);
-
-    FZ_ASSERT(apigw_tb_decode(res, k - 1, v, nv) == -1,
-              "more results than room is refused");
-
-    if (got < 0) {
-        return;
-    }
-
-    FZ_ASSERT((size_t) got == k, "one result per bucket");
 
     (void) apigw_tb_all_allowed(res, k);
 
@@ -127,8 +127,6 @@ fz_token_bucket(redisReply *reply, uint64_t clock)
     FZ_ASSERT(t < k, "the tightest is one of them");
 
     for (i = 0; i < k; i++) {
-        FZ_ASSERT(res[i].remaining <= res[i].limit, "remaining <= limit");
-
         fz_check_hdr(apigw_tb_hdr_limit, &res[i]);
         fz_check_hdr(apigw_tb_hdr_remaining, &res[i]);
         fz_check_hdr(apigw_tb_hdr_reset, &res[i]);
@@ -172,6 +170,123 @@ fz_token_bucket(redisReply *reply, uint64_t clock)
             FZ_ASSERT(now >= until, "the cache answers before the deadline");
         }
     }
+}
+
+
+/*
+ * The script's reply to a batch: now_ms, then 3 integers per item.  The
+ * items are split into checks (requests) of 1..FZ_RL_MAX items by the
+ * input, as ngx_http_apigw_rl_batch_reply() splits them by waiter.
+ */
+static void
+fz_token_bucket(redisReply *reply, uint64_t clock)
+{
+    int                 ok;
+    size_t              i, nv, items, j, k, off;
+    uint64_t            cap;
+    int64_t             now;
+    long long          *v;
+    apigw_tb_result_t   res[FZ_RL_MAX], one;
+
+    nv = reply->elements;
+
+    /* up to one item more than a batch may hold */
+    if (nv > APIGW_TB_REPLY_LEN(APIGW_TB_BATCH_ITEMS + 1)) {
+        return;
+    }
+
+    for (i = 0; i < nv; i++) {
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER) {
+            return;
+        }
+    }
+
+    v = malloc(nv * sizeof(long long));
+    FZ_ASSERT(v != NULL, "out of memory");
+
+    for (i = 0; i < nv; i++) {
+        v[i] = reply->element[i]->integer;
+    }
+
+    items = (nv - 1) / 3;
+
+    /* the length must be exactly that of the items sent */
+    FZ_ASSERT(apigw_tb_reply_now(v, nv, items + 1, &now) == -1,
+              "a reply short of an item is refused");
+    FZ_ASSERT(items == 0 || apigw_tb_reply_now(v, nv, items - 1, &now) == -1,
+              "a reply with an item too many is refused");
+
+    now = -7;
+    ok = apigw_tb_reply_now(v, nv, items, &now) == 0;
+
+    FZ_ASSERT(ok == (nv == 1 + 3 * items
+                     && items >= 1 && items <= APIGW_TB_BATCH_ITEMS
+                     && v[0] >= 1 && v[0] <= (long long) APIGW_TB_MAX_UNITS),
+              "reply_now: 1 + 3 per item, 1..256 items, now in 1 .. 2^53");
+
+    if (!ok) {
+        free(v);
+        return;
+    }
+
+    FZ_ASSERT(now == v[0], "now_ms is the first integer");
+
+    off = 1;
+    k = 0;
+
+    for (j = 0; j < items; j++) {
+        cap = fz_capacity(clock, j, v[off]);
+
+        if (apigw_tb_decode_item(&one, cap, now, &v[off]) != 0) {
+            FZ_ASSERT(cap < 1 || cap > APIGW_TB_MAX_TOKENS
+                      || v[off] < 0 || (uint64_t) v[off] > cap
+                      || v[off + 1] < 0
+                      || v[off + 1] > (long long) APIGW_TB_MAX_UNITS
+                      || v[off + 2] < 0
+                      || v[off + 2] > (long long) APIGW_TB_MAX_UNITS,
+                      "decode refuses only values out of range");
+
+            /* the glue fails that request; the others go on */
+            if (k) {
+                fz_check(res, k, clock);
+            }
+
+            k = 0;
+            off += 3;
+            continue;
+        }
+
+        FZ_ASSERT(one.remaining >= 0 && one.remaining <= one.limit,
+                  "0 <= remaining <= limit");
+        FZ_ASSERT(one.limit == (int64_t) cap, "limit is the capacity sent");
+        FZ_ASSERT(one.reset_ms >= 0
+                  && one.reset_ms <= (int64_t) APIGW_TB_MAX_UNITS
+                  && one.retry_after_ms >= 0
+                  && one.retry_after_ms <= (int64_t) APIGW_TB_MAX_UNITS,
+                  "reset and retry within 0 .. 2^53");
+        FZ_ASSERT(one.allowed == (one.retry_after_ms == 0),
+                  "allowed is retry_after_ms == 0");
+        FZ_ASSERT(one.now_ms == now, "the reply's one clock");
+        FZ_ASSERT(one.remaining == v[off] && one.reset_ms == v[off + 1]
+                  && one.retry_after_ms == v[off + 2], "values kept");
+
+        res[k++] = one;
+        off += 3;
+
+        /* a check ends after 1..FZ_RL_MAX items, as the input says */
+        if (k == FZ_RL_MAX || ((clock >> (j % 61)) & 1)) {
+            fz_check(res, k, clock);
+            k = 0;
+        }
+    }
+
+    if (k) {
+        fz_check(res, k, clock);
+    }
+
+    FZ_ASSERT(off == nv, "every integer read once");
+
+    free(v);
 }
 
 

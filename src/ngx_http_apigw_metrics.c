@@ -206,6 +206,16 @@ static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_reconn_s[] = {
     NGX_HTTP_APIGW_METRICS_END
 };
 
+static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_rl_calls_s[] = {
+    { ngx_null_string, NGX_HTTP_APIGW_M_RATELIMIT_CALLS },
+    NGX_HTTP_APIGW_METRICS_END
+};
+
+static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_rl_checks_s[] = {
+    { ngx_null_string, NGX_HTTP_APIGW_M_RATELIMIT_CHECKS },
+    NGX_HTTP_APIGW_METRICS_END
+};
+
 
 static ngx_http_apigw_metrics_family_t  ngx_http_apigw_metrics_families[] = {
 
@@ -229,6 +239,17 @@ static ngx_http_apigw_metrics_family_t  ngx_http_apigw_metrics_families[] = {
       "Redis was empty), denied_locally (a bucket known empty, Redis not "
       "asked), fail_open or fail_closed (Redis unavailable).",
       "outcome", ngx_http_apigw_metrics_ratelimit },
+
+    { "apigw_ratelimit_script_calls_total",
+      "Token-bucket script calls made (those failed at once while Redis "
+      "is down included); each carries the checks of one key value that "
+      "arrived in one event-loop pass of a worker.",
+      NULL, ngx_http_apigw_metrics_rl_calls_s },
+
+    { "apigw_ratelimit_script_checks_total",
+      "Request checks carried by those calls (checks / calls is the "
+      "average batch).",
+      NULL, ngx_http_apigw_metrics_rl_checks_s },
 
     { "apigw_idempotency_requests_total",
       "Requests with an Idempotency-Key by outcome: claimed (first run), "

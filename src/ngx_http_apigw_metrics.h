@@ -60,6 +60,9 @@ typedef enum {
     NGX_HTTP_APIGW_M_RATELIMIT_DENIED_LOCALLY,  /* known empty, no Redis */
     NGX_HTTP_APIGW_M_RATELIMIT_FAIL_OPEN,
     NGX_HTTP_APIGW_M_RATELIMIT_FAIL_CLOSED,
+    /* token-bucket script calls, and the checks they carried (batches) */
+    NGX_HTTP_APIGW_M_RATELIMIT_CALLS,
+    NGX_HTTP_APIGW_M_RATELIMIT_CHECKS,
 
     /* apigw_idempotency_requests_total{outcome}: one per keyed request */
     NGX_HTTP_APIGW_M_IDEMPOTENCY_CLAIMED,

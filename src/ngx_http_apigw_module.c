@@ -29,6 +29,7 @@ static char *ngx_http_apigw_error_catalog(ngx_conf_t *cf, ngx_command_t *cmd,
 static void ngx_http_apigw_ctx_cleanup(void *data);
 static ngx_int_t ngx_http_apigw_preaccess_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_apigw_access_handler(ngx_http_request_t *r);
+static void ngx_http_apigw_redis_detach(void *data);
 static void ngx_http_apigw_redis_done(void *data,
     ngx_http_apigw_redis_status_e status, redisReply *reply);
 static void ngx_http_apigw_resume(ngx_event_t *ev);
@@ -590,13 +591,14 @@ ngx_http_apigw_ctx_cleanup(void *data)
 
     /*
      * The request is going away with a Redis reply possibly pending: the
-     * call lives outside the request pool, so detaching it here is enough
-     * for the late reply to be dropped without touching freed memory.
+     * call (or batch) lives outside the request pool, so detaching it here
+     * is enough for the late reply to be dropped without touching freed
+     * memory.
      */
 
-    if (ctx->call) {
-        ngx_http_apigw_redis_cancel(ctx->call);
-        ctx->call = NULL;
+    if (ctx->detach) {
+        ctx->detach(ctx->detach_data);
+        ctx->detach = NULL;
     }
 
     if (ctx->resume.posted) {
@@ -725,18 +727,16 @@ ngx_http_apigw_redis_wait(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    ctx->call = call;
     ctx->reply_handler = handler;
-    ctx->waiting = 1;
 
-    /*
-     * Notice a client that goes away while we wait, so the request is
-     * freed (and the call cancelled) at once rather than after the reply.
-     */
-    r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = ngx_http_core_run_phases;
+    return ngx_http_apigw_wait(r, ctx, ngx_http_apigw_redis_detach, call);
+}
 
-    return NGX_AGAIN;
+
+static void
+ngx_http_apigw_redis_detach(void *data)
+{
+    ngx_http_apigw_redis_cancel(data);
 }
 
 
@@ -746,13 +746,42 @@ ngx_http_apigw_redis_done(void *data, ngx_http_apigw_redis_status_e status,
 {
     ngx_http_apigw_ctx_t  *ctx = data;
 
-    ctx->call = NULL;
-    ctx->waiting = 0;
+    /* the call is over: nothing to cancel any more */
+    ctx->detach = NULL;
 
     /* the reply is freed by hiredis when we return: parse it now */
     ctx->reply_handler(ctx->request, ctx, status, reply);
 
-    /* never resume a request from inside hiredis's callback loop */
+    ngx_http_apigw_wait_done(ctx);
+}
+
+
+ngx_int_t
+ngx_http_apigw_wait(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
+    ngx_http_apigw_detach_pt detach, void *data)
+{
+    ctx->detach = detach;
+    ctx->detach_data = data;
+    ctx->waiting = 1;
+
+    /*
+     * Notice a client that goes away while we wait, so the request is
+     * freed (and the wait detached) at once rather than after the reply.
+     */
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    return NGX_AGAIN;
+}
+
+
+void
+ngx_http_apigw_wait_done(ngx_http_apigw_ctx_t *ctx)
+{
+    ctx->detach = NULL;
+    ctx->waiting = 0;
+
+    /* never resume a request from inside a reply callback */
     ngx_post_event(&ctx->resume, &ngx_posted_events);
 }
 

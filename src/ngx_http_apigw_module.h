@@ -37,6 +37,9 @@ typedef void (*ngx_http_apigw_reply_pt)(ngx_http_request_t *r,
     ngx_http_apigw_ctx_t *ctx, ngx_http_apigw_redis_status_e status,
     redisReply *reply);
 
+/* undoes a wait when its request is freed first (see ngx_http_apigw_wait) */
+typedef void (*ngx_http_apigw_detach_pt)(void *data);
+
 struct ngx_http_apigw_ctx_s {
     ngx_http_request_t           *request;
     ngx_str_t                     request_id;
@@ -60,7 +63,8 @@ struct ngx_http_apigw_ctx_s {
 
     /* the access-phase state machine and its Redis wait */
     ngx_uint_t                    stage;
-    ngx_http_apigw_redis_call_t  *call;
+    ngx_http_apigw_detach_pt      detach;       /* set while waiting */
+    void                         *detach_data;
     ngx_http_apigw_reply_pt       reply_handler;
     ngx_event_t                   resume;
     void                         *feature[4];   /* per-feature state */
@@ -160,6 +164,18 @@ ngx_int_t ngx_http_apigw_redis_wait(ngx_http_request_t *r,
     ngx_http_apigw_ctx_t *ctx, ngx_http_apigw_redis_script_t *script,
     int nkeys, int argc, const char **argv, const size_t *argvlen,
     ngx_http_apigw_reply_pt handler);
+
+/*
+ * Waiting on something other than a call of the request's own, e.g. a
+ * batch of checks shared with other requests: the stage calls this and
+ * returns what it returns (NGX_AGAIN); detach(data) runs if the request is
+ * freed before the wait ends, so the other side forgets it; whoever ends
+ * the wait calls ngx_http_apigw_wait_done(), which resumes the request
+ * from a posted event (never from inside the caller).
+ */
+ngx_int_t ngx_http_apigw_wait(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx, ngx_http_apigw_detach_pt detach, void *data);
+void ngx_http_apigw_wait_done(ngx_http_apigw_ctx_t *ctx);
 
 ngx_http_apigw_redis_conf_t *ngx_http_apigw_redis_conf_get(
     ngx_http_request_t *r);

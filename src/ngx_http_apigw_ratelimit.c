@@ -5,7 +5,8 @@
  * The bucket arithmetic, the Lua script, the Redis key and the header
  * values live in the pure-C core (apigw_token_bucket.c); this file reads
  * the configuration, evaluates the keys of a request, asks Redis through
- * the core's wait API, keeps the per-worker deny cache and writes headers.
+ * the per-pass batches of ngx_http_apigw_ratelimit_batch.c, keeps the
+ * per-worker deny cache and writes headers.
  *
  * One script call checks every bucket of one key value all or nothing.
  * Policies keyed on different values (say $apigw_tenant and
@@ -17,6 +18,7 @@
 
 #include "ngx_http_apigw_module.h"
 #include "ngx_http_apigw_metrics.h"
+#include "ngx_http_apigw_ratelimit_batch.h"
 #include "apigw_token_bucket.h"
 
 
@@ -110,8 +112,11 @@ typedef enum {
 typedef struct {
     ngx_http_apigw_rl_item_t     *items;
     ngx_uint_t                    n;
-    ngx_uint_t                    group;        /* the call in flight */
+    ngx_uint_t                    group;        /* the check in flight */
     ngx_msec_t                    sent;
+    ngx_http_apigw_rl_waiter_t    waiter;       /* ... and its batch entry */
+    apigw_tb_item_t               check[NGX_HTTP_APIGW_RL_MAX];
+    apigw_tb_result_t             res[NGX_HTTP_APIGW_RL_MAX];
     ngx_http_apigw_rl_state_e     state;
     ngx_http_apigw_rl_outcome_e   outcome;
     ngx_uint_t                    tightest;
@@ -815,13 +820,17 @@ ngx_http_apigw_rl_init_process(ngx_cycle_t *cycle)
 
     ngx_http_apigw_rl_deny = dc;
 
-    return NGX_OK;
+    return ngx_http_apigw_rl_batch_init_process(cycle,
+                                                &ngx_http_apigw_rl_script,
+                                                amcf->redis->prefix.len);
 }
 
 
 static void
 ngx_http_apigw_rl_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_apigw_rl_batch_exit_process();
+
     if (ngx_http_apigw_rl_deny) {
         ngx_free(ngx_http_apigw_rl_deny->mem);
         ngx_free(ngx_http_apigw_rl_deny);
@@ -1241,86 +1250,17 @@ ngx_http_apigw_rl_unavailable_log(ngx_http_request_t *r,
 
 
 static void
-ngx_http_apigw_rl_failed(ngx_http_request_t *r, ngx_http_apigw_rl_ctx_t *rctx,
-    const char *why, size_t len)
+ngx_http_apigw_rl_reply(ngx_http_apigw_rl_waiter_t *w)
 {
-    rctx->state = NGX_HTTP_APIGW_RL_FAILED;
-
-    /* the reply is freed once the handler returns: keep a short copy */
-
-    len = ngx_min(len, 200);
-
-    rctx->why.data = ngx_pnalloc(r->pool, len);
-    if (rctx->why.data == NULL) {
-        rctx->why.len = 0;
-        return;
-    }
-
-    ngx_memcpy(rctx->why.data, why, len);
-    rctx->why.len = len;
-}
-
-
-static void
-ngx_http_apigw_rl_reply(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
-    ngx_http_apigw_redis_status_e status, redisReply *reply)
-{
-    int                        got;
-    size_t                     i, k, nv;
-    long long                  v[NGX_HTTP_APIGW_RL_MAX * APIGW_TB_REPLY_INTS];
-    const char                *why;
-    redisReply                *e;
-    apigw_tb_result_t          res[NGX_HTTP_APIGW_RL_MAX];
-    ngx_http_apigw_rl_ctx_t   *rctx;
+    ngx_uint_t                 i, k;
+    ngx_http_apigw_rl_ctx_t   *rctx = w->data;
     ngx_http_apigw_rl_item_t  *it;
 
-    rctx = ctx->feature[NGX_HTTP_APIGW_RATELIMIT];
+    rctx->sent = w->sent;
 
-    if (status != NGX_HTTP_APIGW_REDIS_OK) {
-        why = (status == NGX_HTTP_APIGW_REDIS_TIMEOUT)
-              ? "no reply in time" : "not connected";
-        ngx_http_apigw_rl_failed(r, rctx, why, ngx_strlen(why));
-        return;
-    }
-
-    if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_http_apigw_rl_failed(r, rctx, reply->str, reply->len);
-        return;
-    }
-
-    k = 0;
-
-    for (i = rctx->group; i < rctx->n; i++) {
-        if (rctx->items[i].group == rctx->group) {
-            k++;
-        }
-    }
-
-    nv = k * APIGW_TB_REPLY_INTS;
-
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != nv) {
-        why = "unexpected reply to the token bucket script";
-        ngx_http_apigw_rl_failed(r, rctx, why, ngx_strlen(why));
-        return;
-    }
-
-    for (i = 0; i < nv; i++) {
-        e = reply->element[i];
-
-        if (e->type != REDIS_REPLY_INTEGER) {
-            why = "a token bucket reply that is not all integers";
-            ngx_http_apigw_rl_failed(r, rctx, why, ngx_strlen(why));
-            return;
-        }
-
-        v[i] = e->integer;
-    }
-
-    got = apigw_tb_decode(res, k, v, nv);
-
-    if (got < 0 || (size_t) got != k) {
-        why = "a token bucket reply out of range";
-        ngx_http_apigw_rl_failed(r, rctx, why, ngx_strlen(why));
+    if (w->status != NGX_HTTP_APIGW_REDIS_OK) {
+        rctx->why = w->why;
+        rctx->state = NGX_HTTP_APIGW_RL_FAILED;
         return;
     }
 
@@ -1330,7 +1270,7 @@ ngx_http_apigw_rl_reply(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         it = &rctx->items[i];
 
         if (it->group == rctx->group) {
-            it->res = res[k++];
+            it->res = rctx->res[k++];
             it->done = 1;
         }
     }
@@ -1343,28 +1283,14 @@ static ngx_int_t
 ngx_http_apigw_rl_send(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ngx_http_apigw_rl_ctx_t *rctx, ngx_uint_t group)
 {
-    u_char                    *p;
-    ngx_uint_t                 i, k, a;
-    const char                *argv[NGX_HTTP_APIGW_RL_MAX * 5];
-    size_t                     argvlen[NGX_HTTP_APIGW_RL_MAX * 5];
-    u_char                     num[NGX_HTTP_APIGW_RL_MAX * 3
-                                   * (NGX_INT64_LEN + 1)];
-    ngx_http_apigw_rl_item_t  *it;
+    ngx_uint_t                   i, k;
+    apigw_tb_item_t             *c;
+    ngx_http_apigw_rl_item_t    *it;
+    ngx_http_apigw_rl_waiter_t  *w;
 
-    /* KEYS first, then capacity, tokens, period_ms, cost per key */
+    /* the buckets of one key value: one hash tag, one check */
 
     k = 0;
-
-    for (i = group; i < rctx->n; i++) {
-        if (rctx->items[i].group == group) {
-            argv[k] = (const char *) rctx->items[i].bucket.data;
-            argvlen[k] = rctx->items[i].bucket.len;
-            k++;
-        }
-    }
-
-    a = k;
-    p = num;
 
     for (i = group; i < rctx->n; i++) {
         it = &rctx->items[i];
@@ -1373,38 +1299,28 @@ ngx_http_apigw_rl_send(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
             continue;
         }
 
-        argv[a] = (const char *) p;
-        p = ngx_sprintf(p, "%uL", it->capacity);
-        argvlen[a] = p - (u_char *) argv[a];
-        a++;
+        c = &rctx->check[k++];
 
-        argv[a] = (const char *) p;
-        p = ngx_sprintf(p, "%uL", it->rate.tokens);
-        argvlen[a] = p - (u_char *) argv[a];
-        a++;
-
-        argv[a] = (const char *) p;
-        p = ngx_sprintf(p, "%uL", it->rate.period_ms);
-        argvlen[a] = p - (u_char *) argv[a];
-        a++;
-
-        argv[a] = "1";
-        argvlen[a] = 1;
-        a++;
+        c->bucket = it->bucket.data;
+        c->bucket_len = it->bucket.len;
+        c->capacity = it->capacity;
+        c->rate = it->rate;
+        c->cost = 1;
     }
 
     rctx->group = group;
     rctx->state = NGX_HTTP_APIGW_RL_WAITING;
 
-    /*
-     * The deny cache's deadline counts from the send: Redis decides
-     * after it, so a token it promises never comes before that deadline.
-     */
-    rctx->sent = ngx_current_msec;
+    w = &rctx->waiter;
 
-    return ngx_http_apigw_redis_wait(r, ctx, &ngx_http_apigw_rl_script,
-                                     (int) k, (int) a, argv, argvlen,
-                                     ngx_http_apigw_rl_reply);
+    w->ctx = ctx;
+    w->items = rctx->check;
+    w->res = rctx->res;
+    w->n = k;
+    w->handler = ngx_http_apigw_rl_reply;
+    w->data = rctx;
+
+    return ngx_http_apigw_rl_batch_add(r, w);
 }
 
 

@@ -52,6 +52,7 @@ typedef struct {
     ngx_event_t                       reconnect;
     ngx_event_t                       connect_timer;
     ngx_event_t                       fail;        /* posted, see failed */
+    ngx_event_t                       flush;       /* posted: write now */
     ngx_queue_t                       failed;      /* calls to fail soon */
 
     ngx_uint_t                        attempts;    /* failures while down */
@@ -62,6 +63,7 @@ typedef struct {
     unsigned                          inited:1;
     unsigned                          down:1;      /* an outage is logged */
     unsigned                          exiting:1;
+    unsigned                          flushing:1;  /* in flush's write */
 } ngx_http_apigw_redis_t;
 
 
@@ -105,6 +107,7 @@ static void ngx_http_apigw_redis_del_write(void *privdata);
 static void ngx_http_apigw_redis_cleanup(void *privdata);
 static void ngx_http_apigw_redis_read_handler(ngx_event_t *rev);
 static void ngx_http_apigw_redis_write_handler(ngx_event_t *wev);
+static void ngx_http_apigw_redis_flush_handler(ngx_event_t *ev);
 
 static ngx_http_apigw_redis_call_t *ngx_http_apigw_redis_call_alloc(
     ngx_http_apigw_redis_script_t *script, int nkeys, int argc,
@@ -422,6 +425,10 @@ ngx_http_apigw_redis_init_events(ngx_log_t *log)
     rc->fail.data = rc;
     rc->fail.log = log;
 
+    rc->flush.handler = ngx_http_apigw_redis_flush_handler;
+    rc->flush.data = rc;
+    rc->flush.log = log;
+
     /* neither keeps a gracefully exiting worker alive */
 
     rc->reconnect.handler = ngx_http_apigw_redis_reconnect_handler;
@@ -467,6 +474,10 @@ ngx_http_apigw_redis_exit_process(ngx_cycle_t *cycle)
 
     if (rc->fail.posted) {
         ngx_delete_posted_event(&rc->fail);
+    }
+
+    if (rc->flush.posted) {
+        ngx_delete_posted_event(&rc->flush);
     }
 
     while (!ngx_queue_empty(&rc->failed)) {
@@ -844,16 +855,61 @@ ngx_http_apigw_redis_del_read(void *privdata)
 }
 
 
+/*
+ * hiredis asks for a write event whenever it has buffered a command.  On
+ * a connected socket that is almost always writable, so instead of adding
+ * the event now and removing it after the write (two epoll_ctl calls, and
+ * the write only on the next loop iteration) the write is done from a
+ * posted event at the end of this pass: every command of the pass goes in
+ * one write(), and the event is only registered when the socket is full
+ * (hiredis asks again from inside that write).  Before the connection is
+ * up the write event is what reports connect() done, so it is real.
+ */
+
 static void
 ngx_http_apigw_redis_add_write(void *privdata)
 {
-    ngx_connection_t  *c;
+    ngx_connection_t        *c;
+    redisAsyncContext       *ac;
+    ngx_http_apigw_redis_t  *rc;
 
     c = privdata;
+    ac = c->data;
+    rc = &ngx_http_apigw_redis;
 
-    if (!c->write->active) {
-        (void) ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+    if (c->write->active) {
+        return;
     }
+
+    if (!rc->flushing && ac == rc->ac && (ac->c.flags & REDIS_CONNECTED)) {
+        if (!rc->flush.posted) {
+            ngx_post_event(&rc->flush, &ngx_posted_events);
+        }
+
+        return;
+    }
+
+    (void) ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+}
+
+
+static void
+ngx_http_apigw_redis_flush_handler(ngx_event_t *ev)
+{
+    ngx_http_apigw_redis_t  *rc;
+
+    rc = ev->data;
+
+    if (rc->ac == NULL || !(rc->ac->c.flags & REDIS_CONNECTED)) {
+        /* dropped meanwhile: its commands were failed with it */
+        return;
+    }
+
+    /* the context may be freed inside: only rc is touched afterwards */
+
+    rc->flushing = 1;
+    redisAsyncHandleWrite(rc->ac);
+    rc->flushing = 0;
 }
 
 

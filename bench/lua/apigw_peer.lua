@@ -196,13 +196,15 @@ local function judge(rec)
 end
 
 
+-- one check of one bucket: 1 parameter set, 1 check of 1 item (key 1,
+-- set 1); a peer written the usual way sends one call per request
 local function token_bucket(red, tenant)
     local key = conf.prefix .. "{rl:" .. tenant .. "}:" .. conf.policy
-    local res, err = red:evalsha(conf.script_sha, 1, key, conf.capacity,
-                                 conf.tokens, conf.period_ms, 1)
+    local res, err = red:evalsha(conf.script_sha, 1, key, 1, conf.capacity,
+                                 conf.tokens, conf.period_ms, 1, 1, 1, 1, 1)
     if not res and err and str_find(err, "NOSCRIPT", 1, true) then
-        res, err = red:eval(conf.script, 1, key, conf.capacity, conf.tokens,
-                            conf.period_ms, 1)
+        res, err = red:eval(conf.script, 1, key, 1, conf.capacity,
+                            conf.tokens, conf.period_ms, 1, 1, 1, 1, 1)
     end
     return res, err
 end
@@ -274,17 +276,17 @@ function _M.access()
     end
     redis_release(red)
 
-    -- allowed remaining capacity reset_ms retry_after_ms now_ms
-    local now_ms = res[6]
-    ngx.ctx.rl = { res[3], res[2], ceil((now_ms + res[4]) / 1000) }
+    -- now_ms, then remaining reset_ms retry_after_ms (0: allowed)
+    local now_ms = res[1]
+    ngx.ctx.rl = { conf.capacity, res[2], ceil((now_ms + res[3]) / 1000) }
 
-    if res[1] ~= 1 then
-        local retry = ceil(res[5] / 1000)
+    if res[4] ~= 0 then
+        local retry = ceil(res[4] / 1000)
         if retry < 1 then retry = 1 end
         return envelope(429, "rate_limit_error", "rate_limited",
                         "Rate limit exceeded.",
                         { ["Retry-After"] = tostring(retry),
-                          ["X-RateLimit-Limit"] = res[3],
+                          ["X-RateLimit-Limit"] = conf.capacity,
                           ["X-RateLimit-Remaining"] = res[2],
                           ["X-RateLimit-Reset"] = ngx.ctx.rl[3] })
     end

@@ -7,6 +7,9 @@
 #include "apigw_token_bucket.h"
 
 
+static size_t apigw_tb_int(unsigned char *p, int64_t v);
+
+
 /*
  * The bucket script.
  *
@@ -29,11 +32,24 @@
  *
  * State.  Hash {u = level in units, t = ms of the level, p = U}.  A full
  * bucket is deleted, and an absent key reads as full, so idle clients cost
- * no memory; otherwise PEXPIRE is the time until the bucket would be full,
- * the moment its state becomes equal to absence.  p lets a reload with
+ * no memory; otherwise it expires (PEXPIREAT, on the TIME of the decision)
+ * when the bucket would be full, the moment its state becomes equal to
+ * absence.  p lets a reload with
  * another rate read old state: the level is kept in whole tokens.
  *
- * Decisions.  All buckets of one call are refilled first; the request is
+ * Batches.  One call carries the checks of several requests (every check
+ * of one worker's event-loop pass for one key value, see
+ * ngx_http_apigw_ratelimit_batch.c): Redis runs the script's fixed part
+ * (the call, TIME, one HMGET and one HSET + PEXPIRE per bucket) once for
+ * all of them instead of once each, which is most of its cost.  Checks are
+ * decided in order against state kept in the script, exactly as if each
+ * had been its own call at the same TIME; every check stays all or
+ * nothing; state is read once and written once per bucket at the end.
+ * Parameter sets (capacity, rate, cost) are sent once and named by index,
+ * as most checks of a batch share them.  Arguments are all validated
+ * before anything is written: a bad call changes nothing.
+ *
+ * Decisions.  All buckets of one check are refilled first; the request is
  * allowed only when each holds cost tokens, and only then are tokens
  * taken.  A refusal writes nothing: refill is linear from (u, t), so the
  * stored state already equals the refilled one, and a flood of refusals
@@ -49,18 +65,16 @@
 const char apigw_token_bucket_lua[] =
 "if redis.replicate_commands then redis.replicate_commands() end\n"
 "local MAX = 9007199254740992\n"
+"local fmod, floor, tonumber = math.fmod, math.floor, tonumber\n"
 "local function int(s, lo, hi)\n"
 "  local n = tonumber(s)\n"
-"  if n == nil or n ~= math.floor(n) or n < lo or n > hi then\n"
+"  if n == nil or n ~= floor(n) or n < lo or n > hi then\n"
 "    return nil\n"
 "  end\n"
 "  return n\n"
 "end\n"
-"local function div(a, b)\n"
-"  return (a - math.fmod(a, b)) / b\n"
-"end\n"
 "local function cdiv(a, b)\n"
-"  local r = math.fmod(a, b)\n"
+"  local r = fmod(a, b)\n"
 "  local q = (a - r) / b\n"
 "  if r > 0 then q = q + 1 end\n"
 "  return q\n"
@@ -68,83 +82,134 @@ const char apigw_token_bucket_lua[] =
 "local function str(n)\n"
 "  return string.format('%d', n)\n"
 "end\n"
-"local n = #KEYS\n"
-"if n == 0 or #ARGV ~= 4 * n then\n"
-"  return redis.error_reply('ERR apigw token bucket: '\n"
-"    .. 'want 4 arguments per key: capacity tokens period_ms cost')\n"
+"local function fail(why)\n"
+"  return redis.error_reply('ERR apigw token bucket: ' .. why)\n"
 "end\n"
-"local time = redis.call('TIME')\n"
-"local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)\n"
-"local b = {}\n"
-"local all = true\n"
-"for i = 1, n do\n"
-"  local cap = int(ARGV[4 * i - 3], 1, MAX)\n"
-"  local tok = int(ARGV[4 * i - 2], 1, MAX)\n"
-"  local per = int(ARGV[4 * i - 1], 1, MAX)\n"
-"  local cost = int(ARGV[4 * i], 1, cap or 0)\n"
+"local m, na = #KEYS, #ARGV\n"
+"local s = int(ARGV[1], 1, na)\n"
+"if m == 0 or s == nil then\n"
+"  return fail('want: sets, capacity tokens period_ms cost per set, '\n"
+"    .. 'checks, and per check: items, key set per item')\n"
+"end\n"
+"local SK, SU, SR, SF, SC = {}, {}, {}, {}, {}\n"
+"for j = 1, s do\n"
+"  local b = 4 * j - 2\n"
+"  local cap = int(ARGV[b], 1, MAX)\n"
+"  local tok = int(ARGV[b + 1], 1, MAX)\n"
+"  local per = int(ARGV[b + 2], 1, MAX)\n"
+"  local cost = int(ARGV[b + 3], 1, cap or 0)\n"
 "  if not (cap and tok and per and cost) then\n"
-"    return redis.error_reply('ERR apigw token bucket: bad arguments '\n"
-"      .. 'for key ' .. i)\n"
+"    return fail('bad arguments for set ' .. j)\n"
 "  end\n"
 "  local g, r = per, tok\n"
-"  while r > 0 do g, r = r, math.fmod(g, r) end\n"
-"  local x = { unit = per / g, rate = tok / g, cap = cap }\n"
-"  x.full = cap * x.unit\n"
-"  x.cost = cost * x.unit\n"
-"  if x.full > MAX then\n"
-"    return redis.error_reply('ERR apigw token bucket: capacity too large '\n"
-"      .. 'for this rate, key ' .. i)\n"
+"  while r > 0 do g, r = r, fmod(g, r) end\n"
+"  local unit = per / g\n"
+"  if cap * unit > MAX then\n"
+"    return fail('capacity too large for this rate, set ' .. j)\n"
 "  end\n"
-"  x.u, x.t = x.full, now\n"
-"  local s = redis.call('HMGET', KEYS[i], 'u', 't', 'p')\n"
-"  if s[1] or s[2] or s[3] then\n"
-"    local u, t, p = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])\n"
-"    if u and t and p and u >= 0 and p >= 1 then\n"
-"      if p ~= x.unit then\n"
-"        u = div(u, p) * x.unit\n"
-"        x.dirty = true\n"
+"  SK[j], SU[j], SR[j], SF[j], SC[j] = cap, unit, tok / g, cap * unit,\n"
+"    cost * unit\n"
+"end\n"
+"local a = 4 * s + 2\n"
+"local c = int(ARGV[a], 1, na)\n"
+"if c == nil then\n"
+"  return fail('bad check count')\n"
+"end\n"
+"a = a + 1\n"
+"local time = redis.call('TIME')\n"
+"local now = tonumber(time[1]) * 1000 + floor(tonumber(time[2]) / 1000)\n"
+"local st, wr = {}, {}\n"
+"local IK, IS, IU, ID = {}, {}, {}, {}\n"
+"local out, o = { now }, 1\n"
+"for ci = 1, c do\n"
+"  local n = int(ARGV[a], 1, m)\n"
+"  if n == nil then\n"
+"    return fail('bad item count, check ' .. ci)\n"
+"  end\n"
+"  a = a + 1\n"
+"  local all = true\n"
+"  for i = 1, n do\n"
+"    local k, j = int(ARGV[a], 1, m), int(ARGV[a + 1], 1, s)\n"
+"    if not (k and j) then\n"
+"      return fail('bad key or set, check ' .. ci .. ' item ' .. i)\n"
+"    end\n"
+"    a = a + 2\n"
+"    local unit, full = SU[j], SF[j]\n"
+"    local u, dirty = full, false\n"
+"    local x = st[k]\n"
+"    if x == nil then\n"
+"      x = false\n"
+"      local h = redis.call('HMGET', KEYS[k], 'u', 't', 'p')\n"
+"      if h[1] or h[2] or h[3] then\n"
+"        local hu, ht, hp = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])\n"
+"        if hu and ht and hp and hu >= 0 and hp >= 1 then\n"
+"          x = { hu, ht, hp }\n"
+"        else\n"
+"          x = 0\n"
+"        end\n"
 "      end\n"
-"      if u > x.full then\n"
-"        u = x.full\n"
-"        x.dirty = true\n"
+"      st[k] = x\n"
+"    end\n"
+"    if x == 0 then\n"
+"      dirty = true\n"
+"    elseif x then\n"
+"      local xu, t, p = x[1], x[2], x[3]\n"
+"      if p ~= unit then\n"
+"        xu = (xu - fmod(xu, p)) / p * unit\n"
+"        dirty = true\n"
+"      end\n"
+"      if xu > full then\n"
+"        xu = full\n"
+"        dirty = true\n"
 "      end\n"
 "      if t > now then\n"
 "        t = now\n"
-"        x.dirty = true\n"
+"        dirty = true\n"
 "      end\n"
-"      if u < x.full and now - t < cdiv(x.full - u, x.rate) then\n"
-"        x.u = u + (now - t) * x.rate\n"
+"      if xu < full and now - t < cdiv(full - xu, SR[j]) then\n"
+"        u = xu + (now - t) * SR[j]\n"
 "      end\n"
-"    else\n"
-"      x.dirty = true\n"
 "    end\n"
+"    if u < SC[j] then all = false end\n"
+"    IK[i], IS[i], IU[i], ID[i] = k, j, u, dirty\n"
 "  end\n"
-"  if x.u < x.cost then all = false end\n"
-"  b[i] = x\n"
+"  for i = 1, n do\n"
+"    local k, j, u = IK[i], IS[i], IU[i]\n"
+"    local unit, rate, full, cost = SU[j], SR[j], SF[j], SC[j]\n"
+"    local retry = 0\n"
+"    if u < cost then retry = cdiv(cost - u, rate) end\n"
+"    if all then u = u - cost end\n"
+"    local reset = cdiv(full - u, rate)\n"
+"    if all or ID[i] then\n"
+"      if u >= full then\n"
+"        st[k] = false\n"
+"        wr[k] = -1\n"
+"      else\n"
+"        st[k] = { u, now, unit }\n"
+"        wr[k] = reset\n"
+"      end\n"
+"    end\n"
+"    out[o + 1] = (u - fmod(u, unit)) / unit\n"
+"    out[o + 2] = reset\n"
+"    out[o + 3] = retry\n"
+"    o = o + 3\n"
+"  end\n"
 "end\n"
-"local out = {}\n"
-"for i = 1, n do\n"
-"  local x = b[i]\n"
-"  local ok = x.u >= x.cost\n"
-"  if all then x.u = x.u - x.cost end\n"
-"  local reset = cdiv(x.full - x.u, x.rate)\n"
-"  local retry = 0\n"
-"  if not ok then retry = cdiv(x.cost - x.u, x.rate) end\n"
-"  if all or x.dirty then\n"
-"    if x.u >= x.full then\n"
-"      redis.call('DEL', KEYS[i])\n"
+"if a ~= na + 1 then\n"
+"  return fail('arguments left over')\n"
+"end\n"
+"for k = 1, m do\n"
+"  local reset = wr[k]\n"
+"  if reset then\n"
+"    if reset < 0 then\n"
+"      redis.call('DEL', KEYS[k])\n"
 "    else\n"
-"      redis.call('HSET', KEYS[i], 'u', str(x.u), 't', str(now),\n"
-"        'p', str(x.unit))\n"
-"      redis.call('PEXPIRE', KEYS[i], str(reset))\n"
+"      local x = st[k]\n"
+"      redis.call('HSET', KEYS[k], 'u', str(x[1]), 't', str(x[2]),\n"
+"        'p', str(x[3]))\n"
+"      redis.call('PEXPIREAT', KEYS[k], str(x[2] + reset))\n"
 "    end\n"
 "  end\n"
-"  out[#out + 1] = ok and 1 or 0\n"
-"  out[#out + 1] = div(x.u, x.unit)\n"
-"  out[#out + 1] = x.cap\n"
-"  out[#out + 1] = reset\n"
-"  out[#out + 1] = retry\n"
-"  out[#out + 1] = now\n"
 "end\n"
 "return out\n";
 
@@ -388,50 +453,213 @@ apigw_tb_key(unsigned char *buf, size_t len, const apigw_str_t *prefix,
 }
 
 
-int
-apigw_tb_decode(apigw_tb_result_t *out, size_t max, const long long *v,
-    size_t nv)
+size_t
+apigw_tb_key_slot_len(const unsigned char *key, size_t len)
 {
-    size_t              i, n;
-    apigw_tb_result_t  *r;
+    /* the policy holds no '}', so the last one closes the hash tag */
+    while (len > 0 && key[len - 1] != '}') {
+        len--;
+    }
 
-    if (nv == 0 || nv % APIGW_TB_REPLY_INTS != 0) {
+    return len;
+}
+
+
+void
+apigw_tb_batch_init(apigw_tb_batch_t *b)
+{
+    b->nkeys = 0;
+    b->nsets = 0;
+    b->nchecks = 0;
+    b->nitems = 0;
+}
+
+
+int
+apigw_tb_batch_add(apigw_tb_batch_t *b, const apigw_tb_item_t *items,
+    size_t n)
+{
+    size_t                 i, k, j, nkeys, nsets;
+    const apigw_tb_item_t  *it;
+
+    if (n == 0 || b->nchecks == APIGW_TB_BATCH_CHECKS
+        || n > APIGW_TB_BATCH_ITEMS - b->nitems)
+    {
         return -1;
     }
 
-    n = nv / APIGW_TB_REPLY_INTS;
+    /*
+     * Keys and sets are only committed once the whole check fits, so a
+     * refused check leaves the batch as it was.
+     */
 
-    if (n > max || n > 0x7fffffff) {
-        return -1;
-    }
+    nkeys = b->nkeys;
+    nsets = b->nsets;
 
-    for (i = 0; i < n; i++, v += APIGW_TB_REPLY_INTS) {
+    for (i = 0; i < n; i++) {
+        it = &items[i];
 
-        /*
-         * What the script can answer to arguments apigw_tb_check()
-         * accepted; anything else is a broken reply and must not reach
-         * the header math (whose 64-bit products rely on these bounds).
-         */
-        if ((v[0] != 0 && v[0] != 1)
-            || v[2] < 1 || (unsigned long long) v[2] > APIGW_TB_MAX_TOKENS
-            || v[1] < 0 || v[1] > v[2]
-            || v[3] < 0 || (unsigned long long) v[3] > APIGW_TB_MAX_UNITS
-            || v[4] < 0 || (unsigned long long) v[4] > APIGW_TB_MAX_UNITS
-            || v[5] <= 0 || (unsigned long long) v[5] > APIGW_TB_MAX_UNITS)
+        if (it->bucket_len == 0 || it->cost == 0 || it->cost > it->capacity
+            || apigw_tb_check(it->capacity, &it->rate) != NULL)
         {
+            b->nkeys = nkeys;
+            b->nsets = nsets;
             return -1;
         }
 
-        r = &out[i];
-        r->allowed = (int) v[0];
-        r->remaining = v[1];
-        r->limit = v[2];
-        r->reset_ms = v[3];
-        r->retry_after_ms = v[4];
-        r->now_ms = v[5];
+        for (k = 0; k < b->nkeys; k++) {
+            if (b->key_len[k] == it->bucket_len
+                && memcmp(b->key[k], it->bucket, it->bucket_len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k == b->nkeys) {
+            b->key[k] = it->bucket;
+            b->key_len[k] = it->bucket_len;
+            b->nkeys++;
+
+        } else {
+            /* one bucket twice in a check would be charged once */
+            for (j = 0; j < i; j++) {
+                if (b->item_key[b->nitems + j] == k) {
+                    b->nkeys = nkeys;
+                    b->nsets = nsets;
+                    return -1;
+                }
+            }
+        }
+
+        for (j = 0; j < b->nsets; j++) {
+            if (b->set[j].capacity == it->capacity
+                && b->set[j].rate.tokens == it->rate.tokens
+                && b->set[j].rate.period_ms == it->rate.period_ms
+                && b->set[j].cost == it->cost)
+            {
+                break;
+            }
+        }
+
+        if (j == b->nsets) {
+            b->set[j].capacity = it->capacity;
+            b->set[j].rate = it->rate;
+            b->set[j].cost = it->cost;
+            b->nsets++;
+        }
+
+        b->item_key[b->nitems + i] = (uint16_t) k;
+        b->item_set[b->nitems + i] = (uint16_t) j;
     }
 
-    return (int) n;
+    b->check_items[b->nchecks++] = (uint16_t) n;
+    b->nitems += n;
+
+    return 0;
+}
+
+
+/* appends v as a decimal argument */
+static void
+apigw_tb_arg_int(const char **argv, size_t *argvlen, size_t *a,
+    unsigned char **num, uint64_t v)
+{
+    size_t  n;
+
+    n = apigw_tb_int(*num, (int64_t) v);
+
+    argv[*a] = (const char *) *num;
+    argvlen[*a] = n;
+    (*a)++;
+    *num += n;
+}
+
+
+size_t
+apigw_tb_batch_argv(const apigw_tb_batch_t *b, const char **argv,
+    size_t *argvlen, unsigned char *num)
+{
+    size_t  a, i, j, c, item;
+
+    a = 0;
+
+    for (i = 0; i < b->nkeys; i++) {
+        argv[a] = (const char *) b->key[i];
+        argvlen[a] = b->key_len[i];
+        a++;
+    }
+
+    apigw_tb_arg_int(argv, argvlen, &a, &num, b->nsets);
+
+    for (j = 0; j < b->nsets; j++) {
+        apigw_tb_arg_int(argv, argvlen, &a, &num, b->set[j].capacity);
+        apigw_tb_arg_int(argv, argvlen, &a, &num, b->set[j].rate.tokens);
+        apigw_tb_arg_int(argv, argvlen, &a, &num, b->set[j].rate.period_ms);
+        apigw_tb_arg_int(argv, argvlen, &a, &num, b->set[j].cost);
+    }
+
+    apigw_tb_arg_int(argv, argvlen, &a, &num, b->nchecks);
+
+    item = 0;
+
+    for (c = 0; c < b->nchecks; c++) {
+        apigw_tb_arg_int(argv, argvlen, &a, &num, b->check_items[c]);
+
+        for (i = 0; i < b->check_items[c]; i++, item++) {
+            /* the script counts from 1 */
+            apigw_tb_arg_int(argv, argvlen, &a, &num,
+                             (uint64_t) b->item_key[item] + 1);
+            apigw_tb_arg_int(argv, argvlen, &a, &num,
+                             (uint64_t) b->item_set[item] + 1);
+        }
+    }
+
+    return a;
+}
+
+
+int
+apigw_tb_reply_now(const long long *v, size_t nv, size_t nitems,
+    int64_t *now_ms)
+{
+    if (nitems == 0 || nitems > APIGW_TB_BATCH_ITEMS
+        || nv != APIGW_TB_REPLY_LEN(nitems)
+        || v[0] <= 0 || (unsigned long long) v[0] > APIGW_TB_MAX_UNITS)
+    {
+        return -1;
+    }
+
+    *now_ms = v[0];
+
+    return 0;
+}
+
+
+int
+apigw_tb_decode_item(apigw_tb_result_t *out, uint64_t capacity,
+    int64_t now_ms, const long long *v)
+{
+    /*
+     * What the script can answer to arguments apigw_tb_check() accepted;
+     * anything else is a broken reply and must not reach the header math
+     * (whose 64-bit products rely on these bounds).
+     */
+    if (capacity < 1 || capacity > APIGW_TB_MAX_TOKENS
+        || v[0] < 0 || (unsigned long long) v[0] > capacity
+        || v[1] < 0 || (unsigned long long) v[1] > APIGW_TB_MAX_UNITS
+        || v[2] < 0 || (unsigned long long) v[2] > APIGW_TB_MAX_UNITS)
+    {
+        return -1;
+    }
+
+    out->allowed = (v[2] == 0);
+    out->remaining = v[0];
+    out->limit = (int64_t) capacity;
+    out->reset_ms = v[1];
+    out->retry_after_ms = v[2];
+    out->now_ms = now_ms;
+
+    return 0;
 }
 
 

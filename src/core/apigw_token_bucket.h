@@ -12,22 +12,28 @@
  * Cluster slot, so the hash tag of a bucket key is the rate-limit key value
  * alone, never the policy name (see apigw_tb_key).
  *
- * Script call, one per distinct key value of a request:
+ * Script call.  One carries a batch: the checks of one or more requests
+ * whose buckets share one hash tag (one key value), built and decoded by
+ * the apigw_tb_batch_* functions below:
  *
- *   EVALSHA sha n  key_1 .. key_n
- *                  capacity_1 tokens_1 period_ms_1 cost_1 .. (4 per key)
+ *   EVALSHA sha m  key_1 .. key_m               distinct bucket keys
+ *                  s  (capacity tokens period_ms cost) x s    parameter sets
+ *                  c  then per check: n  (key set) x n        1-based indexes
  *
  *   capacity   bucket size in tokens (burst=, default the rate's N)
  *   tokens     refill: this many tokens ...
  *   period_ms  ... per this many milliseconds (apigw_rate_t)
- *   cost       tokens this request takes, 1 <= cost <= capacity
+ *   cost       tokens a request takes, 1 <= cost <= capacity
  *
- * Reply: 6 integers per key, in KEYS order,
+ * Checks are decided in order, each all or nothing over its n buckets,
+ * as if each were its own call at the same Redis TIME.  Reply: now_ms,
+ * then 3 integers per item, checks and items in the order sent,
  *
- *   allowed remaining capacity reset_ms retry_after_ms now_ms
+ *   remaining reset_ms retry_after_ms      (retry_after_ms 0: allowed)
  *
- * decoded by apigw_tb_decode().  The request is allowed only when every
- * bucket's allowed is 1 (apigw_tb_all_allowed()).
+ * decoded by apigw_tb_reply_now() and apigw_tb_decode_item().  A request is
+ * allowed only when every bucket of its check allowed
+ * (apigw_tb_all_allowed()).
  */
 #ifndef APIGW_TOKEN_BUCKET_H
 #define APIGW_TOKEN_BUCKET_H
@@ -114,6 +120,14 @@ int apigw_tb_name_valid(const unsigned char *p, size_t len);
 size_t apigw_tb_key(unsigned char *buf, size_t len, const apigw_str_t *prefix,
     const apigw_str_t *policy, const apigw_str_t *key);
 
+/*
+ * The part of a bucket key that picks its Redis Cluster slot and names
+ * its key value: the prefix and the hash tag, up to and including the
+ * last '}'.  Buckets with equal parts may share one script call.  Returns
+ * its length, 0 when key is not an apigw_tb_key().
+ */
+size_t apigw_tb_key_slot_len(const unsigned char *key, size_t len);
+
 /* One bucket's part of the script's reply. */
 typedef struct {
     int       allowed;          /* 1: this bucket had the tokens */
@@ -124,16 +138,91 @@ typedef struct {
     int64_t   now_ms;           /* Redis TIME of the decision, unix ms */
 } apigw_tb_result_t;
 
-#define APIGW_TB_REPLY_INTS     6
+/* One bucket of one request's check. */
+typedef struct {
+    const unsigned char  *bucket;       /* apigw_tb_key() */
+    size_t                bucket_len;
+    uint64_t              capacity;
+    apigw_rate_t          rate;
+    uint64_t              cost;
+} apigw_tb_item_t;
 
 /*
- * Decodes a reply the caller already turned into integers (nv of them,
- * APIGW_TB_REPLY_INTS per key) into at most max results.  Returns the
- * number of results, or -1 when the count or a value is out of range (a
- * foreign or broken reply: treat as Redis failure).
+ * Bounds of one script call: Redis runs a script alone, so a batch must
+ * stay short (256 items take Redis well under a millisecond).
  */
-int apigw_tb_decode(apigw_tb_result_t *out, size_t max, const long long *v,
-    size_t nv);
+#define APIGW_TB_BATCH_CHECKS   64
+#define APIGW_TB_BATCH_ITEMS    256
+
+/* arguments after the script's sha and key count, at most */
+#define APIGW_TB_BATCH_ARGC                                                   \
+    (APIGW_TB_BATCH_ITEMS + 1 + 4 * APIGW_TB_BATCH_ITEMS + 1                  \
+     + APIGW_TB_BATCH_CHECKS + 2 * APIGW_TB_BATCH_ITEMS)
+
+/* room apigw_tb_batch_argv() may need for the numbers it prints */
+#define APIGW_TB_BATCH_NUM                                                    \
+    (21 + 4 * APIGW_TB_BATCH_ITEMS * 20 + 21                                  \
+     + APIGW_TB_BATCH_CHECKS * 3 + 2 * APIGW_TB_BATCH_ITEMS * 3)
+
+/* integers in the reply to a batch of n items */
+#define APIGW_TB_REPLY_LEN(n)   (1 + 3 * (n))
+
+/*
+ * A batch being built.  It points at the callers' bucket keys, which must
+ * live until apigw_tb_batch_argv()'s arguments have been sent.
+ */
+typedef struct {
+    size_t                nkeys;
+    size_t                nsets;
+    size_t                nchecks;
+    size_t                nitems;
+    const unsigned char  *key[APIGW_TB_BATCH_ITEMS];
+    size_t                key_len[APIGW_TB_BATCH_ITEMS];
+    struct {
+        uint64_t          capacity;
+        apigw_rate_t      rate;
+        uint64_t          cost;
+    }                     set[APIGW_TB_BATCH_ITEMS];
+    uint16_t              item_key[APIGW_TB_BATCH_ITEMS];
+    uint16_t              item_set[APIGW_TB_BATCH_ITEMS];
+    uint16_t              check_items[APIGW_TB_BATCH_CHECKS];
+} apigw_tb_batch_t;
+
+void apigw_tb_batch_init(apigw_tb_batch_t *b);
+
+/*
+ * Adds one request's check of n buckets (all of one hash tag: the caller
+ * groups them).  Returns 0, or -1 and leaves the batch unchanged when it
+ * is full (APIGW_TB_BATCH_*) or an item is out of range (empty key, cost
+ * outside 1..capacity, apigw_tb_check() refuses it, its bucket is already
+ * an item of this check).
+ */
+int apigw_tb_batch_add(apigw_tb_batch_t *b, const apigw_tb_item_t *items,
+    size_t n);
+
+/*
+ * The call's arguments after the key count (which is b->nkeys): keys
+ * point at the callers' memory, numbers are printed into num, which needs
+ * APIGW_TB_BATCH_NUM bytes; argv and argvlen need APIGW_TB_BATCH_ARGC
+ * entries.  Returns the number of arguments.
+ */
+size_t apigw_tb_batch_argv(const apigw_tb_batch_t *b, const char **argv,
+    size_t *argvlen, unsigned char *num);
+
+/*
+ * The reply to a batch of nitems items, already turned into nv integers:
+ * -1 when its length or now_ms is wrong (a foreign or broken reply: treat
+ * as Redis failure), else 0 and *now_ms.
+ */
+int apigw_tb_reply_now(const long long *v, size_t nv, size_t nitems,
+    int64_t *now_ms);
+
+/*
+ * One item's 3 integers (at v) into out, for the capacity it was sent
+ * with.  -1 when a value is out of range.
+ */
+int apigw_tb_decode_item(apigw_tb_result_t *out, uint64_t capacity,
+    int64_t now_ms, const long long *v);
 
 /* 1 when every bucket allowed: the request goes on and was counted. */
 int apigw_tb_all_allowed(const apigw_tb_result_t *res, size_t n);

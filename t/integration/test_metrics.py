@@ -24,6 +24,7 @@ CONF = """
 apigw on;
 apigw_redis 127.0.0.1:{redis_port} timeout=100ms connect_timeout=100ms;
 apigw_auth_cache zone=keys:1m ttl=60s negative_ttl=60s;
+apigw_rate_limit_zone seq rate=2r/m key=$http_x_client;
 %(extra)s
 
 log_format pids '$pid $status';
@@ -37,6 +38,10 @@ server {
         proxy_pass http://127.0.0.1:{upstream_port}/;
     }
     location /open/ {
+        proxy_pass http://127.0.0.1:{upstream_port}/;
+    }
+    location /limited/ {
+        apigw_rate_limit seq;
         proxy_pass http://127.0.0.1:{upstream_port}/;
     }
     location = /fast {
@@ -307,6 +312,8 @@ FAMILIES = {
     "apigw_auth_requests_total": "counter",
     "apigw_auth_cache_lookups_total": "counter",
     "apigw_ratelimit_requests_total": "counter",
+    "apigw_ratelimit_script_calls_total": "counter",
+    "apigw_ratelimit_script_checks_total": "counter",
     "apigw_idempotency_requests_total": "counter",
     "apigw_idempotency_settled_total": "counter",
     "apigw_redis_commands_total": "counter",
@@ -417,9 +424,22 @@ def test_known_sequence_moves_counters_exactly(nginx_factory, redis,
     r = requests.get(gw.url("/api/echo"), headers=bearer(KEY_LATE))
     assert r.status_code == 200, r.content
 
+    # 2r/m: two allowed, one refused by Redis, one by the worker's deny
+    # cache; one after the other, each script call carries one check
+    limited = [requests.get(gw.url("/limited/ok"),
+                            headers={"X-Client": "seq"}).status_code
+               for _ in range(4)]
+    assert limited == [200, 200, 429, 429]
+
     expected = {
-        req(outcome="ok"): 6,
-        req(outcome="error"): 7,
+        req(outcome="ok"): 8,
+        req(outcome="error"): 9,
+        err("rate_limited", "4xx"): 2,
+        req("apigw_ratelimit_requests_total", outcome="allowed"): 2,
+        req("apigw_ratelimit_requests_total", outcome="denied"): 1,
+        req("apigw_ratelimit_requests_total", outcome="denied_locally"): 1,
+        series("apigw_ratelimit_script_calls_total"): 3,
+        series("apigw_ratelimit_script_checks_total"): 3,
         err("not_found", "4xx"): 3,
         err("missing_credentials", "4xx"): 1,
         err("invalid_credentials", "4xx"): 2,
@@ -431,13 +451,13 @@ def test_known_sequence_moves_counters_exactly(nginx_factory, redis,
         req("apigw_auth_cache_lookups_total", outcome="hit"): 4,
         req("apigw_auth_cache_lookups_total", outcome="miss"): 4,
         req("apigw_auth_cache_lookups_total", outcome="negative_hit"): 1,
-        series("apigw_redis_commands_total"): 4,
+        series("apigw_redis_commands_total"): 7,
         series("apigw_redis_timeouts_total"): 1,
         series("apigw_redis_errors_total"): 0,
         reconnects: 1,
-        series("apigw_redis_latency_seconds_bucket", le="1"): 3,
-        series("apigw_redis_latency_seconds_bucket", le="+Inf"): 3,
-        series("apigw_redis_latency_seconds_count"): 3,
+        series("apigw_redis_latency_seconds_bucket", le="1"): 6,
+        series("apigw_redis_latency_seconds_bucket", le="+Inf"): 6,
+        series("apigw_redis_latency_seconds_count"): 6,
     }
 
     # requests are counted in the log phase, just after the response went
@@ -445,12 +465,12 @@ def test_known_sequence_moves_counters_exactly(nginx_factory, redis,
     def settled():
         a = scrape(gw)
         d = diff(before, a)
-        return d[req(outcome="ok")] == 6 and d[req(outcome="error")] == 7 \
+        return d[req(outcome="ok")] == 8 and d[req(outcome="error")] == 9 \
             and a
     after = wait_for(settled, timeout=3, interval=0.05,
                      what="the last request to be counted")
     d = assert_moved(before, after, expected, loose=LATENCY_LOOSE)
-    check_latency(d, 3)
+    check_latency(d, 6)
 
     # defaults name the series, including those that never moved
     for code in ("rate_limited", "idempotency_key_mismatch", "not_found",

@@ -7,6 +7,7 @@ fail=closed, per-key overrides from the key record, $binary_remote_addr
 keys, bucket expiry, inheritance and configuration errors."""
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import math
@@ -239,6 +240,30 @@ def _monitor(redis, stop, lines):
         s.close()
 
 
+@contextlib.contextmanager
+def monitoring(redis):
+    """Redis MONITOR in a thread; yields the list of its lines.  Once the
+    block is over every command sent before its end is in the list (a
+    marker ECHOed last is waited for: MONITOR lists in execution order)."""
+    stop, lines = threading.Event(), []
+    t = threading.Thread(target=_monitor, args=(redis, stop, lines))
+    t.start()
+    try:
+        wait_for(lambda: b"+OK" in lines, 5, what="MONITOR to start")
+        yield lines
+        marker = "apigw-monitor-end-%d" % time.monotonic_ns()
+        c = redis.client()
+        try:
+            c.echo(marker)
+        finally:
+            c.close()
+        wait_for(lambda: any(marker.encode() in ln for ln in lines), 5,
+                 what="MONITOR to catch up")
+    finally:
+        stop.set()
+        t.join(5)
+
+
 _ESC = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b"}
 
 
@@ -256,35 +281,95 @@ def _args(line):
                                 line.decode("latin-1"))]
 
 
+def script_calls_seen(lines):
+    """the EVALSHA / EVAL commands among MONITOR lines, as argument lists
+    (the commands a script runs inside, "[0 lua]", are not listed)"""
+    return [_args(ln) for ln in lines
+            if (b'"EVALSHA"' in ln or b'"EVAL"' in ln) and b" lua]" not in ln]
+
+
+def tb_call(call):
+    """A token-bucket script call (["EVALSHA", sha, ...] or ["EVAL", src,
+    ...]) decoded from its format (src/core/apigw_token_bucket.h):
+
+        m key_1..key_m  s (capacity tokens period_ms cost)*s
+        c  then per check: n (key_index set_index)*n
+
+    -> [check, ...], each check [(bucket key, (capacity, tokens,
+    period_ms, cost)), ...]; an argument list that does not follow the
+    format exactly (also a trailing one) fails the assertion."""
+    a = list(call[2:])
+    pos = [0]
+
+    def take(k=1):
+        assert pos[0] + k <= len(a), ("truncated", call)
+        v = a[pos[0]:pos[0] + k]
+        pos[0] += k
+        return v
+
+    def count(lo, hi):
+        v = take()[0]
+        assert re.fullmatch(r"[1-9][0-9]*", v), (v, call)
+        assert lo <= int(v) <= hi, (v, call)
+        return int(v)
+
+    m = count(1, 256)
+    keys = take(m)
+    assert len(set(keys)) == m, ("keys not distinct", call)
+    s = count(1, 256)
+    sets = [tuple(int(x) for x in take(4)) for _ in range(s)]
+    assert len(set(sets)) == s, ("parameter sets not distinct", call)
+    checks = []
+    for _ in range(count(1, 64)):
+        n = count(1, 16)
+        checks.append([(keys[count(1, m) - 1], sets[count(1, s) - 1])
+                       for _ in range(n)])
+    assert pos[0] == len(a), ("trailing arguments", call)
+    assert sum(len(c) for c in checks) <= 256, call
+    # every key and every set is used
+    assert {k for c in checks for k, _ in c} == set(keys), call
+    assert {p for c in checks for _, p in c} == set(sets), call
+    return checks
+
+
+def hash_tag(bucket):
+    """the Redis Cluster hash tag of a bucket key"""
+    i = bucket.index("{")
+    return bucket[i + 1:bucket.index("}", i + 1)]
+
+
 def test_no_clock_sent_and_script_reads_time(gw, redis):
-    """MONITOR: nginx sends the bucket key and capacity, tokens, period_ms,
+    """MONITOR: nginx sends the bucket keys and capacity, tokens, period_ms,
     cost -- never a timestamp; the script (sent whole after SCRIPT FLUSH)
     takes the time from Redis TIME."""
     redis.client().script_flush()
-    stop, lines = threading.Event(), []
-    t = threading.Thread(target=_monitor, args=(redis, stop, lines))
-    t.start()
-    try:
-        time.sleep(0.2)
+    with monitoring(redis) as lines:
         assert get(gw, "/min/ok", "mon").status_code == 200
         assert get(gw, "/multi/ok", "mon").status_code == 200
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        t.join(5)
-    calls = [_args(ln) for ln in lines
-             if b'"EVALSHA"' in ln or b'"EVAL"' in ln]
+    calls = script_calls_seen(lines)
     assert calls, lines
     evals = [c for c in calls if c[0] == "EVAL"]
     assert evals and "redis.call('TIME')" in evals[0][1]
     shas = [c for c in calls if c[0] == "EVALSHA"]
     sha = hashlib.sha1(evals[0][1].encode("latin-1")).hexdigest()
     assert shas and all(c[1] == sha for c in shas)
+    # the exact arguments: m keys, s parameter sets, c checks of n items
+    # (key index, set index); EVAL repeats a refused EVALSHA's arguments
     argv = {tuple(c[2:]) for c in calls}
-    assert ("1", bucket_key("mon", "per_min"), "10", "10", "60000", "1") \
-        in argv
-    assert ("2", bucket_key("mon", "per_sec3"), bucket_key("mon", "per_min5"),
-            "3", "3", "1000", "1", "5", "5", "60000", "1") in argv
+    assert argv == {
+        ("1", bucket_key("mon", "per_min"),
+         "1", "10", "10", "60000", "1",
+         "1", "1", "1", "1"),
+        ("2", bucket_key("mon", "per_sec3"), bucket_key("mon", "per_min5"),
+         "2", "3", "3", "1000", "1", "5", "5", "60000", "1",
+         "1", "2", "1", "1", "2", "2")}, argv
+    assert [tb_call(c) for c in shas[-2:]] == [
+        [[(bucket_key("mon", "per_min"), (10, 10, 60000, 1))]],
+        [[(bucket_key("mon", "per_sec3"), (3, 3, 1000, 1)),
+          (bucket_key("mon", "per_min5"), (5, 5, 60000, 1))]]]
+    # no argument is a clock: every number is a count, a size or a period
+    assert all(int(x) <= 60000 for c in calls for x in c[2:]
+               if x.isdigit()), calls
 
 
 @pytest.mark.skipif(not os.path.exists(FAKETIME_LIB),

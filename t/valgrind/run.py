@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""make test-valgrind: the Redis-fault tests of t/integration/test_auth.py
+"""make test-valgrind: the Redis-fault tests of t/integration/test_auth.py,
+and those of t/integration/test_ratelimit_batch.py where a client leaves
+while its rate-limit check waits in a batch (in flight, or not yet sent),
 with nginx under valgrind (memcheck), then a verdict on the valgrind logs.
 
     t/valgrind/run.py --root REPO --out build/valgrind [pytest args]
@@ -18,7 +20,7 @@ counted and listed by their first line.  apigw.supp holds the two known
 leaks at exit that are not defects (each explained there).  The exit
 status is 1 when pytest failed or one of ours was found.
 
-Without pytest arguments the selection is the Redis-fault tests; any given
+Without pytest arguments the selection is the tests above; any given
 arguments replace it (e.g. `make test-valgrind PYTEST_ARGS=test_auth.py`).
 """
 
@@ -33,9 +35,10 @@ import sys
 
 PY = "/usr/bin/python3"
 
-DEFAULT_TESTS = ["test_auth.py", "-k",
+DEFAULT_TESTS = ["test_auth.py", "test_ratelimit_batch.py", "-k",
                  "redis_paused or redis_restart or redis_killed "
-                 "or client_leaves"]
+                 "or client_leaves or client_gone_while_call_in_flight "
+                 "or streams_reset_before_the_send"]
 
 # --keep-debuginfo: nginx unloads the module before valgrind's leak report
 VALGRIND = ("valgrind --tool=memcheck --error-limit=no --num-callers=40 "
