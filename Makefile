@@ -212,8 +212,9 @@ test-asan: deps-sanitizers
 	  UBSAN_OPTIONS=$(UBSAN_RUN_OPTIONS) \
 	  $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# the Redis-fault tests of test_auth.py with nginx (one process, master_
-# process off) under valgrind; t/valgrind/run.py judges the valgrind logs
+# the Redis-fault tests (auth, and rate-limit batches left by their
+# clients) with nginx (one process, master_process off) under valgrind;
+# t/valgrind/run.py judges the valgrind logs
 test-valgrind: deps-sanitizers
 	$(MAKE) build
 	$(PY) t/valgrind/run.py --root $(CURDIR) --out $(BUILD)/valgrind \
