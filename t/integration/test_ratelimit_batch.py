@@ -458,6 +458,22 @@ def test_more_than_256_buckets_are_split(nginx_factory, redis, upstream):
 
 # -- clients that leave ----------------------------------------------------
 
+def leave_mid_call(gw, redis, conns, path, key, tag, before):
+    """Pauses Redis (the caller resumes it, also on failure), sends one
+    request per connection in one pass, waits until their checks left in
+    a call, then every other client leaves (FIN and RST alternately).
+    Returns (gone, stay)."""
+    gone, stay = conns[::2], conns[1::2]
+    redis.pause()
+    send_in_one_pass(gw, conns, path, key, tag)
+    # the batch is sent: every check is in the call
+    wait_for(lambda: moved(before, counters(gw)).get("checks")
+             == len(conns), 10, what="the batch to be sent")
+    for k, c in enumerate(gone):
+        c.close(reset=k % 2 == 1)
+    return gone, stay
+
+
 def test_client_gone_while_call_in_flight(nginx_factory, redis, upstream):
     """20 checks in one call while Redis is stopped (SIGSTOP); 10 of the
     clients leave (FIN or RST) and their requests end (499) before the
@@ -469,15 +485,9 @@ def test_client_gone_while_call_in_flight(nginx_factory, redis, upstream):
     with connections(gw, n) as conns:
         prime(gw)
         before = counters(gw)
-        gone, stay = conns[::2], conns[1::2]
-        redis.pause()
         try:
-            send_in_one_pass(gw, conns, "/hold/ok", "flight", "f")
-            # the batch is sent: every check is in the call
-            wait_for(lambda: moved(before, counters(gw)).get("checks") == n,
-                     10, what="the batch to be sent")
-            for k, c in enumerate(gone):
-                c.close(reset=k % 2 == 1)
+            gone, stay = leave_mid_call(gw, redis, conns, "/hold/ok",
+                                        "flight", "f", before)
             rids = [c.rid for c in gone]
             wait_for(lambda: access_lines(gw, rids) == {
                 rid: [499] for rid in rids}, 10,
@@ -508,14 +518,9 @@ def test_client_gone_then_call_times_out(nginx_factory, redis, upstream):
     with connections(gw, n) as conns:
         prime(gw)
         before = counters(gw)
-        gone, stay = conns[::2], conns[1::2]
-        redis.pause()
         try:
-            send_in_one_pass(gw, conns, "/shut/ok", "late", "t")
-            wait_for(lambda: moved(before, counters(gw)).get("checks") == n,
-                     10, what="the batch to be sent")
-            for k, c in enumerate(gone):
-                c.close(reset=k % 2 == 1)
+            gone, stay = leave_mid_call(gw, redis, conns, "/shut/ok",
+                                        "late", "t", before)
             got = [c.response() for c in stay]
         finally:
             redis.resume()
