@@ -115,8 +115,8 @@ typedef struct {
     ngx_uint_t                    group;        /* the check in flight */
     ngx_msec_t                    sent;
     ngx_http_apigw_rl_waiter_t    waiter;       /* ... and its batch entry */
-    apigw_tb_item_t               check[NGX_HTTP_APIGW_RL_MAX];
-    apigw_tb_result_t             res[NGX_HTTP_APIGW_RL_MAX];
+    apigw_tb_item_t              *check;        /* its buckets, n at most */
+    apigw_tb_result_t            *res;
     ngx_http_apigw_rl_state_e     state;
     ngx_http_apigw_rl_outcome_e   outcome;
     ngx_uint_t                    tightest;
@@ -1067,14 +1067,19 @@ ngx_http_apigw_rl_prepare(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     list = rlcf->limits;
     refs = list->refs.elts;
 
+    /* one block, sized to the location's policies: zeroed per request */
     rctx = ngx_pcalloc(r->pool, sizeof(ngx_http_apigw_rl_ctx_t)
                                 + list->refs.nelts
-                                  * sizeof(ngx_http_apigw_rl_item_t));
+                                  * (sizeof(ngx_http_apigw_rl_item_t)
+                                     + sizeof(apigw_tb_item_t)
+                                     + sizeof(apigw_tb_result_t)));
     if (rctx == NULL) {
         return NGX_ERROR;
     }
 
     rctx->items = (ngx_http_apigw_rl_item_t *) (rctx + 1);
+    rctx->check = (apigw_tb_item_t *) (rctx->items + list->refs.nelts);
+    rctx->res = (apigw_tb_result_t *) (rctx->check + list->refs.nelts);
 
     override = (ctx->key_rate.len || ctx->key_burst.len)
                && ngx_http_apigw_rl_override(r, ctx, &rate, &burst)

@@ -17,7 +17,6 @@ struct ngx_http_apigw_rl_batch_s {
     ngx_queue_t                    all;         /* freed at exit */
     ngx_uint_t                     n;           /* waiters that joined */
     ngx_uint_t                     items;       /* their items */
-    ngx_uint_t                     open;        /* in the tree: may grow */
     ngx_http_apigw_rl_waiter_t    *waiter[APIGW_TB_BATCH_CHECKS];
                                                 /* NULL: the request left */
     ngx_uint_t                     sent[APIGW_TB_BATCH_CHECKS];
@@ -147,8 +146,6 @@ ngx_http_apigw_rl_batch_open(ngx_http_apigw_rl_batcher_t *bt, ngx_str_t *slot,
 
     b->n = 0;
     b->items = 0;
-    b->open = 1;
-
     ngx_memcpy(b->slot, slot->data, slot->len);
 
     b->sn.str.len = slot->len;
@@ -300,7 +297,6 @@ ngx_http_apigw_rl_batch_send(ngx_http_apigw_rl_batch_t *b)
 
     ngx_rbtree_delete(&bt->tree, &b->sn.node);
     ngx_queue_remove(&b->queue);
-    b->open = 0;
 
     apigw_tb_batch_init(&bt->tb);
 
