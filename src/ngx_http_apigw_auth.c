@@ -21,6 +21,10 @@ typedef struct {
     ngx_flag_t                    enable;
     ngx_str_t                     header;       /* empty: Authorization */
     ngx_array_t                  *scopes;       /* of ngx_str_t */
+
+    /* what an accepted request loses: its credential, client X-Apigw-* */
+    ngx_http_apigw_header_name_t  credential;
+    const ngx_http_apigw_header_name_t  *strip[4];
 } ngx_http_apigw_auth_loc_conf_t;
 
 
@@ -35,7 +39,7 @@ typedef enum {
 
 typedef struct {
     ngx_http_apigw_auth_state_e   state;
-    u_char                        digest[32];
+    u_char                        digest[APIGW_SHA256_LEN];
     apigw_key_record_t            rec;
 } ngx_http_apigw_auth_ctx_t;
 
@@ -120,9 +124,6 @@ ngx_module_t  ngx_http_apigw_auth_module = {
 };
 
 
-static ngx_str_t  ngx_http_apigw_hdr_key_id = ngx_string("X-Apigw-Key-Id");
-static ngx_str_t  ngx_http_apigw_hdr_tenant = ngx_string("X-Apigw-Tenant");
-static ngx_str_t  ngx_http_apigw_hdr_scopes = ngx_string("X-Apigw-Scopes");
 static ngx_str_t  ngx_http_apigw_retry_after_name = ngx_string("Retry-After");
 static ngx_str_t  ngx_http_apigw_retry_after_1 = ngx_string("1");
 
@@ -174,6 +175,24 @@ ngx_http_apigw_auth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->enable) {
         amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_apigw_module);
+
+        conf->strip[0] =
+                 ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_AUTHORIZATION);
+
+        if (conf->header.len) {
+            if (ngx_http_apigw_header_name_conf(cf, &conf->header,
+                                                &conf->credential)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            conf->strip[0] = &conf->credential;
+        }
+
+        conf->strip[1] = ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_KEY_ID);
+        conf->strip[2] = ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_TENANT);
+        conf->strip[3] = ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_SCOPES);
 
         if (amcf->redis == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -247,8 +266,7 @@ ngx_http_apigw_auth_credential(ngx_http_request_t *r,
         return r->headers_in.authorization;
     }
 
-    return ngx_http_apigw_find_in_header(r, (char *) aalcf->header.data,
-                                        aalcf->header.len);
+    return ngx_http_apigw_find_in_header(r, &aalcf->credential);
 }
 
 
@@ -320,7 +338,7 @@ ngx_http_apigw_auth_reply(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
 
 static ngx_int_t
 ngx_http_apigw_auth_lookup(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
-    ngx_http_apigw_auth_ctx_t *actx, const char *hex)
+    ngx_http_apigw_auth_ctx_t *actx)
 {
     u_char                       *p;
     ngx_uint_t                    i;
@@ -342,8 +360,8 @@ ngx_http_apigw_auth_lookup(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     argv[1] = (const char *) p;
     p = ngx_cpymem(p, rcf->prefix.data, rcf->prefix.len);
     p = ngx_cpymem(p, "key:", sizeof("key:") - 1);
-    p = ngx_cpymem(p, hex, APIGW_SHA256_HEX);
-    argvlen[1] = p - (u_char *) argv[1];
+    apigw_hex(actx->digest, sizeof(actx->digest), (char *) p);
+    argvlen[1] = p + APIGW_SHA256_HEX - (u_char *) argv[1];
 
     for (i = 0; i < NGX_HTTP_APIGW_KEY_FIELDS; i++) {
         argv[2 + i] = ngx_http_apigw_key_record_names[i];
@@ -365,9 +383,6 @@ static ngx_int_t
 ngx_http_apigw_auth_forward(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ngx_http_apigw_auth_loc_conf_t *aalcf, apigw_key_record_t *rec)
 {
-    ngx_str_t    header;
-    const char  *names[4];
-
     ctx->key_id.len = rec->key_id.len;
     ctx->key_id.data = rec->key_id.data;
     ctx->tenant.len = rec->tenant.len;
@@ -379,36 +394,21 @@ ngx_http_apigw_auth_forward(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ctx->key_burst.len = rec->burst.len;
     ctx->key_burst.data = rec->burst.data;
 
-    if (aalcf->header.len) {
-        /* names are matched without regard to case, NUL-terminated */
-        header.data = ngx_pnalloc(r->pool, aalcf->header.len + 1);
-        if (header.data == NULL) {
-            return NGX_ERROR;
-        }
-
-        ngx_cpystrn(header.data, aalcf->header.data, aalcf->header.len + 1);
-        names[0] = (const char *) header.data;
-
-    } else {
-        names[0] = "authorization";
-    }
-
-    names[1] = "x-apigw-key-id";
-    names[2] = "x-apigw-tenant";
-    names[3] = "x-apigw-scopes";
-
-    if (ngx_http_apigw_remove_in_headers(r, names, 4) != NGX_OK) {
+    if (ngx_http_apigw_remove_in_headers(r, aalcf->strip, 4) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    if (ngx_http_apigw_add_in_header(r, &ngx_http_apigw_hdr_key_id,
-                                     &ctx->key_id)
+    if (ngx_http_apigw_add_in_header(r,
+                 ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_KEY_ID),
+                 &ctx->key_id)
         != NGX_OK
-        || ngx_http_apigw_add_in_header(r, &ngx_http_apigw_hdr_tenant,
-                                        &ctx->tenant)
+        || ngx_http_apigw_add_in_header(r,
+                 ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_TENANT),
+                 &ctx->tenant)
            != NGX_OK
-        || ngx_http_apigw_add_in_header(r, &ngx_http_apigw_hdr_scopes,
-                                        &ctx->scopes)
+        || ngx_http_apigw_add_in_header(r,
+                 ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_SCOPES),
+                 &ctx->scopes)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -474,26 +474,9 @@ ngx_http_apigw_auth_refuse(ngx_http_request_t *r, apigw_err_id_t id)
 }
 
 
-static void
-ngx_http_apigw_hex_decode(u_char *dst, const char *hex, size_t n)
-{
-    ngx_uint_t  i;
-    u_char      hi, lo;
-
-    for (i = 0; i < n; i++) {
-        hi = (u_char) hex[2 * i];
-        lo = (u_char) hex[2 * i + 1];
-        hi = (hi <= '9') ? hi - '0' : hi - 'a' + 10;
-        lo = (lo <= '9') ? lo - '0' : lo - 'a' + 10;
-        dst[i] = (u_char) (hi << 4 | lo);
-    }
-}
-
-
 static ngx_int_t
 ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
 {
-    char                              hex[APIGW_SHA256_HEX + 1];
     apigw_str_t                       key;
     ngx_table_elt_t                  *h;
     ngx_http_apigw_auth_ctx_t        *actx;
@@ -536,8 +519,11 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
             return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
         }
 
-        apigw_sha256_hex(key.data, key.len, hex);
-        ngx_http_apigw_hex_decode(actx->digest, hex, sizeof(actx->digest));
+        if (apigw_sha256(key.data, key.len, actx->digest) != 0) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "apigw: SHA-256 of the key failed");
+            return NGX_ERROR;
+        }
 
         switch (ngx_http_apigw_auth_cache_get(&aamcf->cache, actx->digest,
                                               &actx->rec, r->pool, 0))
@@ -553,7 +539,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
             break;
         }
 
-        return ngx_http_apigw_auth_lookup(r, ctx, actx, hex);
+        return ngx_http_apigw_auth_lookup(r, ctx, actx);
 
     case NGX_HTTP_APIGW_AUTH_WAITING:
         /* re-entered before the reply: keep waiting */

@@ -288,6 +288,16 @@ ngx_http_apigw_auth_cache_conf(ngx_conf_t *cf,
 }
 
 
+/* A SHA-256 is already evenly spread: its first bytes are the tree key. */
+
+static ngx_inline ngx_uint_t
+ngx_http_apigw_auth_cache_hash(const u_char *digest)
+{
+    return (ngx_uint_t) digest[0] << 24 | (ngx_uint_t) digest[1] << 16
+           | (ngx_uint_t) digest[2] << 8 | digest[3];
+}
+
+
 static ngx_rbtree_node_t *
 ngx_http_apigw_auth_cache_find(ngx_http_apigw_auth_cache_zone_t *zone,
     ngx_uint_t hash, const u_char *digest)
@@ -360,7 +370,7 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
     }
 
     zone = cache->shm_zone->data;
-    hash = ngx_crc32_short((u_char *) digest, NGX_HTTP_APIGW_DIGEST_LEN);
+    hash = ngx_http_apigw_auth_cache_hash(digest);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -511,7 +521,7 @@ ngx_http_apigw_auth_cache_put(ngx_http_apigw_auth_cache_t *cache,
     }
 
     zone = cache->shm_zone->data;
-    hash = ngx_crc32_short((u_char *) digest, NGX_HTTP_APIGW_DIGEST_LEN);
+    hash = ngx_http_apigw_auth_cache_hash(digest);
 
     size = offsetof(ngx_rbtree_node_t, color)
            + offsetof(ngx_http_apigw_auth_cache_node_t, data)

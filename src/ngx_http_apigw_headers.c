@@ -6,12 +6,76 @@
 #include "ngx_http_apigw_module.h"
 
 
-static ngx_uint_t
-ngx_http_apigw_header_is(ngx_table_elt_t *h, const char *lowcase_name,
-    size_t len)
+/*
+ * The request header names apigw looks for or adds, lowercased and hashed
+ * once (ngx_http_apigw_headers_init) instead of on every request.
+ */
+ngx_http_apigw_header_name_t  ngx_http_apigw_header_names[] = {
+    { ngx_string("Authorization"), ngx_string("authorization"), 0 },
+    { ngx_string("X-Request-Id"), ngx_string("x-request-id"), 0 },
+    { ngx_string("X-Apigw-Key-Id"), ngx_string("x-apigw-key-id"), 0 },
+    { ngx_string("X-Apigw-Tenant"), ngx_string("x-apigw-tenant"), 0 },
+    { ngx_string("X-Apigw-Scopes"), ngx_string("x-apigw-scopes"), 0 },
+    { ngx_string("Idempotency-Key"), ngx_string("idempotency-key"), 0 }
+};
+
+
+void
+ngx_http_apigw_headers_init(void)
 {
-    return h->key.len == len
-           && ngx_strncasecmp(h->key.data, (u_char *) lowcase_name, len) == 0;
+    ngx_uint_t                     i;
+    ngx_http_apigw_header_name_t  *n;
+
+    for (i = 0; i < NGX_HTTP_APIGW_H_NUM; i++) {
+        n = &ngx_http_apigw_header_names[i];
+        n->hash = ngx_hash_key(n->lowcase.data, n->lowcase.len);
+    }
+}
+
+
+/* A name from the configuration (apigw_auth_header), made like the above. */
+
+ngx_int_t
+ngx_http_apigw_header_name_conf(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_http_apigw_header_name_t *hn)
+{
+    hn->key = *name;
+    hn->lowcase.len = name->len;
+
+    hn->lowcase.data = ngx_pnalloc(cf->pool, name->len);
+    if (hn->lowcase.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    hn->hash = ngx_hash_strlow(hn->lowcase.data, name->data, name->len);
+
+    return NGX_OK;
+}
+
+
+/*
+ * nginx fills lowcase_key from the very bytes of key for every header it
+ * parses (HTTP/2 names are lowercase and lowcase_key is key), so comparing
+ * it is exact; the hash is not used, as a module may zero it.  A header
+ * pushed by some module without lowcase_key is compared the slow way.
+ */
+static ngx_inline ngx_uint_t
+ngx_http_apigw_header_is(ngx_table_elt_t *h,
+    const ngx_http_apigw_header_name_t *name)
+{
+    if (h->key.len != name->lowcase.len) {
+        return 0;
+    }
+
+    if (h->lowcase_key) {
+        return ngx_memcmp(h->lowcase_key, name->lowcase.data,
+                          name->lowcase.len)
+               == 0;
+    }
+
+    return ngx_strncasecmp(h->key.data, name->lowcase.data,
+                           name->lowcase.len)
+           == 0;
 }
 
 
@@ -19,7 +83,7 @@ ngx_http_apigw_header_is(ngx_table_elt_t *h, const char *lowcase_name,
 
 ngx_uint_t
 ngx_http_apigw_count_in_header(ngx_http_request_t *r,
-    const char *lowcase_name, size_t len, ngx_table_elt_t **first)
+    const ngx_http_apigw_header_name_t *name, ngx_table_elt_t **first)
 {
     ngx_uint_t        i, n;
     ngx_list_part_t  *part;
@@ -43,7 +107,7 @@ ngx_http_apigw_count_in_header(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (ngx_http_apigw_header_is(&h[i], lowcase_name, len)) {
+        if (ngx_http_apigw_header_is(&h[i], name)) {
             if (n++ == 0) {
                 *first = &h[i];
             }
@@ -53,28 +117,25 @@ ngx_http_apigw_count_in_header(ngx_http_request_t *r,
 
 
 ngx_table_elt_t *
-ngx_http_apigw_find_in_header(ngx_http_request_t *r, const char *lowcase_name,
-    size_t len)
+ngx_http_apigw_find_in_header(ngx_http_request_t *r,
+    const ngx_http_apigw_header_name_t *name)
 {
     ngx_table_elt_t  *first;
 
-    (void) ngx_http_apigw_count_in_header(r, lowcase_name, len, &first);
+    (void) ngx_http_apigw_count_in_header(r, name, &first);
 
     return first;
 }
 
 
-#define NGX_HTTP_APIGW_MAX_NAMES  8
-
-
 static ngx_uint_t
-ngx_http_apigw_header_in(ngx_table_elt_t *h, const char **names,
-    const size_t *lens, ngx_uint_t n)
+ngx_http_apigw_header_in(ngx_table_elt_t *h,
+    const ngx_http_apigw_header_name_t *const *names, ngx_uint_t n)
 {
     ngx_uint_t  k;
 
     for (k = 0; k < n; k++) {
-        if (ngx_http_apigw_header_is(h, names[k], lens[k])) {
+        if (ngx_http_apigw_header_is(h, names[k])) {
             return 1;
         }
     }
@@ -91,23 +152,13 @@ ngx_http_apigw_header_in(ngx_table_elt_t *h, const char **names,
  */
 
 ngx_int_t
-ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
-    ngx_uint_t n)
+ngx_http_apigw_remove_in_headers(ngx_http_request_t *r,
+    const ngx_http_apigw_header_name_t *const *names, ngx_uint_t n)
 {
-    size_t            lens[NGX_HTTP_APIGW_MAX_NAMES];
     ngx_uint_t        i, total, drop;
     ngx_list_t        old;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h, *nh;
-
-    /* measured once, not once per header */
-    if (n > NGX_HTTP_APIGW_MAX_NAMES) {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < n; i++) {
-        lens[i] = ngx_strlen(names[i]);
-    }
 
     total = 0;
     drop = 0;
@@ -129,7 +180,7 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
 
         total++;
 
-        if (ngx_http_apigw_header_in(&h[i], names, lens, n)) {
+        if (ngx_http_apigw_header_in(&h[i], names, n)) {
             drop++;
 
             if (r->headers_in.authorization == &h[i]) {
@@ -170,7 +221,7 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
             i = 0;
         }
 
-        if (ngx_http_apigw_header_in(&h[i], names, lens, n)) {
+        if (ngx_http_apigw_header_in(&h[i], names, n)) {
             continue;
         }
 
@@ -186,9 +237,13 @@ ngx_http_apigw_remove_in_headers(ngx_http_request_t *r, const char **names,
 }
 
 
+/*
+ * lowcase_key points at the shared lowercase name: nginx only reads it
+ * (the proxy module looks it up in its proxy_set_header hash).
+ */
 ngx_int_t
-ngx_http_apigw_add_in_header(ngx_http_request_t *r, ngx_str_t *name,
-    ngx_str_t *value)
+ngx_http_apigw_add_in_header(ngx_http_request_t *r,
+    const ngx_http_apigw_header_name_t *name, ngx_str_t *value)
 {
     ngx_table_elt_t  *h;
 
@@ -197,15 +252,10 @@ ngx_http_apigw_add_in_header(ngx_http_request_t *r, ngx_str_t *name,
         return NGX_ERROR;
     }
 
-    h->key = *name;
+    h->hash = name->hash;
+    h->key = name->key;
+    h->lowcase_key = name->lowcase.data;
     h->value = *value;
-
-    h->lowcase_key = ngx_pnalloc(r->pool, name->len);
-    if (h->lowcase_key == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = ngx_hash_strlow(h->lowcase_key, name->data, name->len);
 
     return NGX_OK;
 }

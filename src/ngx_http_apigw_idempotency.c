@@ -520,9 +520,9 @@ ngx_http_apigw_idem_start(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ngx_pool_cleanup_t         *cln;
     ngx_http_apigw_idem_ctx_t  *ictx;
 
-    copies = ngx_http_apigw_count_in_header(r, "idempotency-key",
-                                            sizeof("idempotency-key") - 1,
-                                            &h);
+    copies = ngx_http_apigw_count_in_header(r,
+                 ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_IDEMPOTENCY_KEY),
+                 &h);
 
     if (h == NULL) {
         if (ilcf->required) {

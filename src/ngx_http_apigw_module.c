@@ -44,8 +44,12 @@ static ngx_int_t ngx_http_apigw_variable_remaining(ngx_http_request_t *r,
 
 static ngx_http_apigw_stage_pt  ngx_http_apigw_stages[NGX_HTTP_APIGW_STAGES];
 
-static const char  *ngx_http_apigw_identity_headers[] = {
-    "x-apigw-key-id", "x-apigw-tenant", "x-apigw-scopes"
+static const ngx_http_apigw_header_name_t  *const
+    ngx_http_apigw_identity_headers[] =
+{
+    ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_KEY_ID),
+    ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_TENANT),
+    ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_SCOPES)
 };
 
 
@@ -207,6 +211,8 @@ ngx_http_apigw_postconfiguration(ngx_conf_t *cf)
     ngx_http_core_main_conf_t  *cmcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    ngx_http_apigw_headers_init();
 
     /*
      * Request ids are settled in preaccess, where the location is known
@@ -505,6 +511,7 @@ static void
 ngx_http_apigw_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_apigw_redis_exit_process(cycle);
+    apigw_sha256_done();
 }
 
 

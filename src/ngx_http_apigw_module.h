@@ -11,6 +11,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "apigw_auth_key.h"
 #include "apigw_catalog.h"
 #include "apigw_envelope.h"
 #include "apigw_template.h"
@@ -180,16 +181,39 @@ void ngx_http_apigw_wait_done(ngx_http_apigw_ctx_t *ctx);
 ngx_http_apigw_redis_conf_t *ngx_http_apigw_redis_conf_get(
     ngx_http_request_t *r);
 
-/* Header helpers shared by the glue files. */
+/* Header helpers shared by the glue files (ngx_http_apigw_headers.c). */
+typedef struct {
+    ngx_str_t                     key;        /* as apigw sends it */
+    ngx_str_t                     lowcase;
+    ngx_uint_t                    hash;       /* ngx_hash_key(lowcase) */
+} ngx_http_apigw_header_name_t;
+
+typedef enum {
+    NGX_HTTP_APIGW_H_AUTHORIZATION = 0,
+    NGX_HTTP_APIGW_H_REQUEST_ID,
+    NGX_HTTP_APIGW_H_KEY_ID,
+    NGX_HTTP_APIGW_H_TENANT,
+    NGX_HTTP_APIGW_H_SCOPES,
+    NGX_HTTP_APIGW_H_IDEMPOTENCY_KEY,
+    NGX_HTTP_APIGW_H_NUM
+} ngx_http_apigw_header_e;
+
+extern ngx_http_apigw_header_name_t  ngx_http_apigw_header_names[];
+
+#define ngx_http_apigw_header_name(id)  (&ngx_http_apigw_header_names[id])
+
+void ngx_http_apigw_headers_init(void);
+ngx_int_t ngx_http_apigw_header_name_conf(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_http_apigw_header_name_t *hn);
 ngx_table_elt_t *ngx_http_apigw_set_out_header(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *value);
 ngx_table_elt_t *ngx_http_apigw_find_in_header(ngx_http_request_t *r,
-    const char *lowcase_name, size_t len);
+    const ngx_http_apigw_header_name_t *name);
 ngx_uint_t ngx_http_apigw_count_in_header(ngx_http_request_t *r,
-    const char *lowcase_name, size_t len, ngx_table_elt_t **first);
+    const ngx_http_apigw_header_name_t *name, ngx_table_elt_t **first);
 ngx_int_t ngx_http_apigw_remove_in_headers(ngx_http_request_t *r,
-    const char **lowcase_names, ngx_uint_t n);
+    const ngx_http_apigw_header_name_t *const *names, ngx_uint_t n);
 ngx_int_t ngx_http_apigw_add_in_header(ngx_http_request_t *r,
-    ngx_str_t *name, ngx_str_t *value);
+    const ngx_http_apigw_header_name_t *name, ngx_str_t *value);
 
 #endif

@@ -10,10 +10,6 @@
 #include <openssl/rand.h>
 
 
-static ngx_str_t  ngx_http_apigw_request_id_name =
-    ngx_string("X-Request-Id");
-
-
 /*
  * RAND_bytes per request costs a lock and a DRBG call; drawing a block at a
  * time amortizes that.  The block is tied to the pid that drew it, so a
@@ -62,8 +58,10 @@ ngx_http_apigw_request_id_init(ngx_http_request_t *r,
     }
 
     /* one walk: the first copy is the candidate, the count is for later */
-    ctx->request_id_dup = ngx_http_apigw_count_in_header(r, "x-request-id",
-                                              sizeof("x-request-id") - 1, &h)
+    ctx->request_id_dup = ngx_http_apigw_count_in_header(r,
+                              ngx_http_apigw_header_name(
+                                  NGX_HTTP_APIGW_H_REQUEST_ID),
+                              &h)
                           > 1;
 
     ctx->request_id_sent_in = (h != NULL);
@@ -98,7 +96,9 @@ ngx_int_t
 ngx_http_apigw_request_id_to_upstream(ngx_http_request_t *r,
     ngx_http_apigw_ctx_t *ctx)
 {
-    static const char  *names[] = { "x-request-id" };
+    static const ngx_http_apigw_header_name_t  *const names[] = {
+        ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_REQUEST_ID)
+    };
 
     if (ctx->request_id_sent) {
         return NGX_OK;
@@ -123,8 +123,9 @@ ngx_http_apigw_request_id_to_upstream(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    return ngx_http_apigw_add_in_header(r, &ngx_http_apigw_request_id_name,
-                                        &ctx->request_id);
+    return ngx_http_apigw_add_in_header(r,
+                       ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_REQUEST_ID),
+                       &ctx->request_id);
 }
 
 
@@ -136,8 +137,9 @@ ngx_http_apigw_request_id_header(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (ngx_http_apigw_set_out_header(r, &ngx_http_apigw_request_id_name,
-                                      &ctx->request_id)
+    if (ngx_http_apigw_set_out_header(r,
+            &ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_REQUEST_ID)->key,
+            &ctx->request_id)
         == NULL)
     {
         return NGX_ERROR;

@@ -16,7 +16,7 @@
 static const char  apigw_base62[] =
     "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-static const char  apigw_hex[] = "0123456789abcdef";
+static const char  apigw_hex_digits[] = "0123456789abcdef";
 
 
 static int
@@ -80,26 +80,37 @@ apigw_auth_parse(const unsigned char *value, size_t len, int bearer,
 }
 
 
+/* the characters a key may hold: [A-Za-z0-9_.-] */
+static const unsigned char  apigw_key_chars[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1,
+    ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
+    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1,
+    ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1,
+    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1
+};
+
+
 int
 apigw_auth_key_valid(const unsigned char *key, size_t len)
 {
-    size_t         i;
-    unsigned char  c;
+    size_t  i;
 
     if (key == NULL || len < APIGW_KEY_MIN_LEN || len > APIGW_KEY_MAX_LEN) {
         return 0;
     }
 
     for (i = 0; i < len; i++) {
-        c = key[i];
-
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
-            || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')
-        {
-            continue;
+        if (!apigw_key_chars[key[i]]) {
+            return 0;
         }
-
-        return 0;
     }
 
     return 1;
@@ -131,33 +142,71 @@ apigw_sha256_md(void)
 }
 
 
+/*
+ * EVP_Digest() allocates, zeroes and frees a context on every call, which
+ * costs as much as hashing a short key; one context is reset instead.
+ */
+static EVP_MD_CTX  *apigw_sha256_ctx;
+
+
+int
+apigw_sha256(const unsigned char *p, size_t len,
+    unsigned char out[APIGW_SHA256_LEN])
+{
+    unsigned int  n;
+
+    if (apigw_sha256_ctx == NULL) {
+        apigw_sha256_ctx = EVP_MD_CTX_new();
+        if (apigw_sha256_ctx == NULL) {
+            return -1;
+        }
+    }
+
+    n = 0;
+
+    if (EVP_DigestInit_ex(apigw_sha256_ctx, apigw_sha256_md(), NULL) != 1
+        || EVP_DigestUpdate(apigw_sha256_ctx, p != NULL ? p : (const unsigned char *) "", len) != 1
+        || EVP_DigestFinal_ex(apigw_sha256_ctx, out, &n) != 1
+        || n != APIGW_SHA256_LEN)
+    {
+        return -1;
+    }
+
+    return 0;
+}
+
+
+void
+apigw_sha256_done(void)
+{
+    EVP_MD_CTX_free(apigw_sha256_ctx);
+    apigw_sha256_ctx = NULL;
+}
+
+
+void
+apigw_hex(const unsigned char *in, size_t n, char *out)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        out[2 * i] = apigw_hex_digits[in[i] >> 4];
+        out[2 * i + 1] = apigw_hex_digits[in[i] & 0x0f];
+    }
+}
+
+
 void
 apigw_sha256_hex(const unsigned char *p, size_t len,
     char out[APIGW_SHA256_HEX + 1])
 {
-    size_t         i;
-    unsigned int   n;
-    unsigned char  md[EVP_MAX_MD_SIZE];
+    unsigned char  md[APIGW_SHA256_LEN];
 
-    n = 0;
-
-    if (EVP_Digest(p != NULL ? p : (const unsigned char *) "", len, md, &n,
-                   apigw_sha256_md(), NULL) != 1
-        || n != APIGW_SHA256_HEX / 2)
-    {
-        /*
-         * Not hex, so it can never name a record the tool wrote: a failed
-         * digest then looks up a key that does not exist instead of
-         * sharing one value among every credential.
-         */
+    if (apigw_sha256(p, len, md) != 0) {
         memset(out, 'x', APIGW_SHA256_HEX);
-        out[APIGW_SHA256_HEX] = '\0';
-        return;
-    }
 
-    for (i = 0; i < n; i++) {
-        out[2 * i] = apigw_hex[md[i] >> 4];
-        out[2 * i + 1] = apigw_hex[md[i] & 0x0f];
+    } else {
+        apigw_hex(md, sizeof(md), out);
     }
 
     out[APIGW_SHA256_HEX] = '\0';

@@ -9,6 +9,7 @@
 
 #define APIGW_KEY_MIN_LEN   16
 #define APIGW_KEY_MAX_LEN   256
+#define APIGW_SHA256_LEN    32
 #define APIGW_SHA256_HEX    64
 #define APIGW_KEY_B62_LEN   43    /* base62 digits of a 256-bit number */
 #define APIGW_KEY_PREFIX_MAX 16   /* longest --prefix, e.g. "live_" */
@@ -24,9 +25,26 @@ int apigw_auth_parse(const unsigned char *value, size_t len, int bearer,
 /* APIGW_KEY_MIN_LEN..APIGW_KEY_MAX_LEN characters of [A-Za-z0-9_.-]. */
 int apigw_auth_key_valid(const unsigned char *key, size_t len);
 
-/* Lowercase hex SHA-256, 64 chars plus NUL. */
+/*
+ * SHA-256 of p.  Returns 0, or -1 when OpenSSL failed.  One digest context
+ * is kept and reused: not for concurrent use from several threads (nginx
+ * workers and apigw-keys are single-threaded).
+ */
+int apigw_sha256(const unsigned char *p, size_t len,
+    unsigned char out[APIGW_SHA256_LEN]);
+
+/* n bytes as 2n lowercase hex characters (no NUL). */
+void apigw_hex(const unsigned char *in, size_t n, char *out);
+
+/*
+ * Lowercase hex SHA-256, 64 chars plus NUL.  On failure 64 'x', which is
+ * not hex and so names no record the tool ever wrote.
+ */
 void apigw_sha256_hex(const unsigned char *p, size_t len,
     char out[APIGW_SHA256_HEX + 1]);
+
+/* Frees the reused digest context (at process exit; leak checkers). */
+void apigw_sha256_done(void);
 
 /*
  * A new key: prefix + 43 base62 characters from 32 CSPRNG bytes.

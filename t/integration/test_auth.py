@@ -52,6 +52,12 @@ server {
     location /open/ {
         proxy_pass http://127.0.0.1:{upstream_port}/;
     }
+    location /quiet/ {
+        apigw_auth on;
+        proxy_set_header X-Apigw-Scopes "";
+        proxy_set_header X-Apigw-Tenant "tenant-$apigw_tenant";
+        proxy_pass http://127.0.0.1:{upstream_port}/;
+    }
     location = /fast {
         return 200 "fast\\n";
     }
@@ -217,6 +223,23 @@ def test_custom_header(gw, redis):
     assert "x-api-key" not in r.json()["headers"]
     r = requests.get(gw.url("/custom/echo"), headers=bearer())
     assert r.status_code == 401
+    # header names are case-insensitive, whatever case nginx.conf used
+    r = requests.get(gw.url("/custom/echo"), headers={"x-aPI-KEY": KEY})
+    assert r.status_code == 200
+    assert "x-api-key" not in r.json()["headers"]
+    assert KEY not in r.text
+
+
+def test_proxy_set_header_overrides_identity(gw, redis):
+    # the headers auth adds carry nginx's hash of their lowercase name, so
+    # the proxy module's own proxy_set_header of the same name wins
+    put_key(redis, KEY, scopes="orders:read")
+    r = requests.get(gw.url("/quiet/echo"), headers=bearer())
+    assert r.status_code == 200
+    seen = r.json()["headers"]
+    assert "x-apigw-scopes" not in seen
+    assert seen["x-apigw-tenant"] == "tenant-acme"
+    assert seen["x-apigw-key-id"] == "key_1"
 
 
 def test_cache_hit_sends_no_command(gw, redis):
@@ -328,7 +351,7 @@ def test_redis_killed_during_burst(nginx_factory, redis, upstream):
     def one(i):
         try:
             r = requests.get(gw.url("/api/echo"), headers=bearer(), timeout=5)
-        except requests.RequestException as e:  # noqa: F841
+        except requests.RequestException:
             return "conn-error"
         if r.status_code == 200:
             first_ok.set()

@@ -59,10 +59,20 @@ def test_h2_envelopes_and_auth(nginx_factory, redis, upstream):
                         .hexdigest(), mapping={
                             "key_id": "k", "tenant": "t", "scopes": "",
                             "status": "active"})
+    # HTTP/2 names arrive lowercase and nginx points lowcase_key at them:
+    # the credential and a forged identity still never pass
     _, status, _, body = h2(n.url("/api/echo"),
-                            "Authorization: Bearer " + KEY)
+                            "Authorization: Bearer " + KEY,
+                            "X-Apigw-Tenant: evil", "X-Apigw-Scopes: admin",
+                            "X-Request-Id: h2-2")
     assert status == 200
-    assert json.loads(body)["headers"]["x-apigw-tenant"] == "t"
+    seen = json.loads(body)["headers"]
+    assert seen["x-apigw-tenant"] == "t"
+    assert seen["x-apigw-scopes"] == ""
+    assert seen["x-apigw-key-id"] == "k"
+    assert seen["x-request-id"] == "h2-2"
+    assert "authorization" not in seen
+    assert KEY not in body.decode()
 
     redis.pause()
     try:

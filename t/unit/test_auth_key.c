@@ -195,6 +195,34 @@ test_key_valid(void **state)
 }
 
 
+/* the lookup table against the rule it encodes, for every byte value */
+static void
+test_key_valid_every_byte(void **state)
+{
+    int            c, want;
+    unsigned char  buf[APIGW_KEY_MIN_LEN];
+
+    for (c = 0; c < 256; c++) {
+        want = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+               || (c >= '0' && c <= '9') || c == '_' || c == '.'
+               || c == '-';
+
+        /* first, middle and last position */
+        memset(buf, 'k', sizeof(buf));
+        buf[0] = (unsigned char) c;
+        assert_int_equal(apigw_auth_key_valid(buf, sizeof(buf)), want);
+
+        memset(buf, 'k', sizeof(buf));
+        buf[sizeof(buf) / 2] = (unsigned char) c;
+        assert_int_equal(apigw_auth_key_valid(buf, sizeof(buf)), want);
+
+        memset(buf, 'k', sizeof(buf));
+        buf[sizeof(buf) - 1] = (unsigned char) c;
+        assert_int_equal(apigw_auth_key_valid(buf, sizeof(buf)), want);
+    }
+}
+
+
 static void
 test_sha256_vectors(void **state)
 {
@@ -231,6 +259,63 @@ test_sha256_vectors(void **state)
     apigw_sha256_hex(NULL, 0, hex);
     assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb924"
                              "27ae41e4649b934ca495991b7852b855");
+}
+
+
+/*
+ * The raw digest, from the one reused context: consecutive digests do not
+ * leak into each other, and the context is made again after being freed.
+ */
+static void
+test_sha256_raw_reused(void **state)
+{
+    int            i;
+    char           hex[APIGW_SHA256_HEX + 1];
+    unsigned char  md[APIGW_SHA256_LEN + 1];
+
+    static const unsigned char  abc[APIGW_SHA256_LEN] = {
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea,
+        0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c,
+        0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad
+    };
+
+    for (i = 0; i < 3; i++) {
+        md[APIGW_SHA256_LEN] = 0x5a;
+
+        assert_int_equal(apigw_sha256(S("abc"), md), 0);
+        assert_memory_equal(md, abc, sizeof(abc));
+        assert_int_equal(md[APIGW_SHA256_LEN], 0x5a);   /* 32 bytes only */
+
+        assert_int_equal(apigw_sha256(S("abcdbcdecdefdefgefghfghighijhijk"
+                                        "ijkljklmklmnlmnomnopnopq"), md), 0);
+        apigw_hex(md, APIGW_SHA256_LEN, hex);
+        hex[APIGW_SHA256_HEX] = '\0';
+        assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039"
+                                 "a33ce45964ff2167f6ecedd419db06c1");
+
+        if (i == 1) {
+            apigw_sha256_done();
+            apigw_sha256_done();                    /* twice is harmless */
+        }
+    }
+
+    apigw_sha256_done();
+}
+
+
+static void
+test_hex(void **state)
+{
+    char                        out[9];
+    static const unsigned char  in[4] = { 0x00, 0x9f, 0xa0, 0xff };
+
+    memset(out, '#', sizeof(out));
+    apigw_hex(in, sizeof(in), out);
+    assert_memory_equal(out, "009fa0ff#", 9);      /* 2n chars, no NUL */
+
+    apigw_hex(in, 0, out);
+    assert_memory_equal(out, "009fa0ff#", 9);
 }
 
 
@@ -657,7 +742,10 @@ main(void)
         cmocka_unit_test(test_parse_bearer_len_bounded),
         cmocka_unit_test(test_parse_custom_header),
         cmocka_unit_test(test_key_valid),
+        cmocka_unit_test(test_key_valid_every_byte),
         cmocka_unit_test(test_sha256_vectors),
+        cmocka_unit_test(test_sha256_raw_reused),
+        cmocka_unit_test(test_hex),
         cmocka_unit_test(test_generate_format),
         cmocka_unit_test(test_generate_refuses),
         cmocka_unit_test(test_generate_distribution),
