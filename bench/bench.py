@@ -8,9 +8,10 @@ One run on loopback, as root on Debian bookworm:
   2. starts a private redis-server (free port, no persistence), an upstream
      (a separate nginx answering `return 200 '{"ok":true}'`) and one nginx
      under test per configuration;
-  3. loads each with wrk (fixed connection count, warm-up then measured run,
-     every configuration at least twice, interleaved A B C ... A B C ...),
-     for worker_processes 1 and then 2;
+  3. loads each with wrk (fixed connection count, a warm-up first)
+     in rounds where every run of a configuration sits between two runs of
+     its reference (B id B auth B ... B), for worker_processes 1 and then 2;
+     a ratio is the median over the rounds of run / adjacent reference runs;
   4. prints the table with the SPEC's targets (PASS/FAIL), writes
      bench/results/results.csv, bench/results/results.svg and the raw wrk
      outputs under bench/results/raw/.
@@ -25,7 +26,6 @@ process be killed outright.
 
 import argparse
 import csv
-import ctypes
 import hashlib
 import html
 import http.client
@@ -43,6 +43,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the integration tests' process helpers: popen, terminate, free_port, ...
+sys.path.insert(0, os.path.join(ROOT, "t", "integration"))
+import harness as H  # noqa: E402
 BENCH = os.path.join(ROOT, "bench")
 RESULTS = os.path.join(BENCH, "results")
 RAW = os.path.join(RESULTS, "raw")
@@ -60,7 +63,6 @@ LUA_SO = ("ndk_http_module.so", "ngx_http_lua_module.so")
 BENCH_DEBS = ("wrk", "libnginx-mod-http-lua", "lua-nginx-redis",
               "lua-nginx-string")
 
-RESERVED_PORTS = {80, 443, 6379, 6390, 8080, 9090, 9091}
 
 # the single rate-limit policy: far above anything loopback reaches, so no
 # request is ever refused (a 429 would be counted as an error by the check)
@@ -82,8 +84,9 @@ NOISY_CORES = 0.10
 STOP_TIMEOUT = 10.0
 
 
-class BenchError(Exception):
-    pass
+class BenchError(H.HarnessError):
+    """Ends the bench with a message.  A HarnessError, so that a wait on
+    something that has failed (H.wait_for) stops at once."""
 
 
 def log(msg=""):
@@ -92,60 +95,17 @@ def log(msg=""):
 
 # -- processes ---------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _child_setup():
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-
 _live = []     # every Popen still to be stopped, newest last
 
 
 def popen(argv, logfile, env=None):
-    out = open(logfile, "ab")
-    try:
-        kw = {}
-        if threading.active_count() == 1 and _prctl is not None:
-            kw["preexec_fn"] = _child_setup
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True,
-                             env=env, close_fds=True, **kw)
-    finally:
-        out.close()
+    p = H.popen(argv, logfile, env)
     _live.append(p)
     return p
 
 
-def signal_proc(p, sig):
-    if p is not None and p.poll() is None:
-        try:
-            os.kill(p.pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def wait_exit(p, timeout):
-    try:
-        p.wait(timeout=timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
 def terminate(p, first=signal.SIGTERM, timeout=STOP_TIMEOUT):
-    if p is None:
-        return
-    if p.poll() is None:
-        signal_proc(p, first)
-        if not wait_exit(p, timeout):
-            signal_proc(p, signal.SIGKILL)
-            wait_exit(p, 5.0)
+    H.terminate(p, first, timeout)
     if p in _live:
         _live.remove(p)
 
@@ -236,48 +196,6 @@ def foreign_cpu(before, after, seconds):
     return (max(0.0, (busy - mine - niced) / CLK_TCK / seconds),
             max(0.0, niced / CLK_TCK / seconds))
 
-
-def free_port(taken=set()):
-    for _ in range(200):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        finally:
-            s.close()
-        if port not in taken and port not in RESERVED_PORTS:
-            taken.add(port)
-            return port
-    raise BenchError("no free port")
-
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise BenchError("timed out waiting for %s" % what)
-
-
-def tail(path, n=30):
-    try:
-        with open(path, "rb") as f:
-            return "\n".join(f.read().decode("utf-8", "replace")
-                             .splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-# -- setup: packages and build ----------------------------------------------
 
 def dpkg_installed(pkg):
     p = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg],
@@ -387,7 +305,7 @@ class Redis:
     def __init__(self, workdir):
         self.dir = os.path.join(workdir, "redis")
         os.makedirs(self.dir, exist_ok=True)
-        self.port = free_port()
+        self.port = H.free_port()
         self.proc = None
 
     def start(self):
@@ -400,13 +318,13 @@ class Redis:
 
         def up():
             if self.proc.poll() is not None:
-                raise BenchError("redis-server exited:\n" + tail(
+                raise BenchError("redis-server exited:\n" + H.tail(
                     os.path.join(self.dir, "redis.log")))
             try:
                 return redis_cmd(self.port, "PING") == "PONG"
             except (OSError, BenchError):
                 return False
-        wait_for(up, START_TIMEOUT, "redis-server")
+        H.wait_for(up, START_TIMEOUT, what="redis-server")
         return self
 
     def cmd(self, *args):
@@ -489,10 +407,10 @@ class Nginx:
         def up():
             if self.proc.poll() is not None:
                 raise BenchError("nginx %s exited:\n%s" % (
-                    self.name, tail(os.path.join(self.prefix, "error.log"))))
-            return (port_open(self.port)
+                    self.name, H.tail(os.path.join(self.prefix, "error.log"))))
+            return (H.port_open(self.port)
                     and len(self.worker_pids()) >= workers)
-        wait_for(up, START_TIMEOUT, "nginx %s" % self.name)
+        H.wait_for(up, START_TIMEOUT, what="nginx %s" % self.name)
         return self
 
     def worker_pids(self):
@@ -787,7 +705,7 @@ def wait_markers(p, n, timeout):
             break
         buf += chunk
         if not signalled and buf.count(b"BENCH_SOAK_DONE") >= n:
-            signal_proc(p, signal.SIGINT)
+            H.signal_proc(p, signal.SIGINT)
             signalled = True
     p.wait(timeout=max(1.0, deadline - time.monotonic()))
     return buf
@@ -808,12 +726,9 @@ def run_wrk(port, row, api_key, seconds, args, raw_name=None,
     if api_key and (row is None or row.auth):
         argv += ["-H", "Authorization: Bearer " + api_key]
     argv.append("http://127.0.0.1:%d%s" % (port, PATH))
-    kw = {}
-    if threading.active_count() == 1 and _prctl is not None:
-        kw["preexec_fn"] = _child_setup
     p = subprocess.Popen(argv, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, env=env,
-                         start_new_session=True, **kw)
+                         start_new_session=True, **H.death_signal_kw())
     _live.append(p)
     try:
         if stop_after_markers:
@@ -870,7 +785,7 @@ def run_pass(workers, ctx, args, rows):
                     if row.instance == name:
                         results[row.name].update(status="n/a", note=reason)
                 continue
-            port = free_port()
+            port = H.free_port()
             ngx = Nginx(workdir, "%s-w%d" % (name, workers),
                         conf_for(inst, workers, port,
                                  ctx["upstream_port"]), port)
@@ -903,16 +818,24 @@ def run_pass(workers, ctx, args, rows):
                 log("  %-18s warning: %s" % (row.name, res["note"]))
 
         live_rows = [r for r in rows if results[r.name]["status"] == "ok"]
+        order = round_order(live_rows)
+        warmed = set()
         for run in range(1, args.runs + 1):
-            for row in live_rows:
+            seq = []
+            for k, row in enumerate(order):
                 ngx = running[row.instance]
-                if args.warmup > 0:
+                # later rounds find everything warm: connections to the
+                # upstream and Redis open, the auth cache filled
+                if args.warmup > 0 and row.name not in warmed:
                     run_wrk(ngx.port, row, ctx["api_key"], args.warmup, args)
+                    warmed.add(row.name)
                 before = ngx.log_offset()
                 snap0, t0 = cpu_snapshot(), time.monotonic()
                 w = run_wrk(ngx.port, row, ctx["api_key"], args.duration,
-                            args, raw_name="w%d-%s-run%d.txt" % (
-                                workers, row.name, run))
+                            args, raw_name="w%d-r%d-%02d-%s.txt" % (
+                                workers, run, k, row.name))
+                w["round"] = run
+                seq.append((row, w))
                 w["other_cpu"], w["other_cpu_niced"] = foreign_cpu(
                     snap0, cpu_snapshot(), time.monotonic() - t0)
                 results[row.name]["runs"].append(w)
@@ -936,8 +859,9 @@ def run_pass(workers, ctx, args, rows):
                         if errs else ""))
                 if ngx.proc.poll() is not None:
                     raise BenchError("nginx %s died during the run:\n%s" % (
-                        ngx.name, tail(os.path.join(ngx.prefix,
+                        ngx.name, H.tail(os.path.join(ngx.prefix,
                                                     "error.log"))))
+            pair_with_reference(seq)
         for row in live_rows:
             res = results[row.name]
             notes = [res["note"]] if res["note"] else []
@@ -957,6 +881,42 @@ def run_pass(workers, ctx, args, rows):
         for ngx in running.values():
             ngx.stop()
     return summarize(results, rows)
+
+
+def round_order(rows):
+    """The runs of one round.  Every run of a measured row sits between two
+    runs of its reference (baseline, or baseline-post for the POST rows):
+    B id B auth B ... B  Bp idem Bp replay Bp.  This machine drifts by
+    +-10 % within a minute, so a row is compared with what its reference
+    did seconds before and after, not with the reference's average."""
+    order = []
+    for ref in [r for r in rows if r.ratio_base == r.name]:
+        order.append(ref)
+        for r in rows:
+            if r.ratio_base == ref.name and r is not ref:
+                order += [r, ref]
+    # a row whose reference is not running still gets its requests/s
+    order += [r for r in rows if r not in order]
+    return order
+
+
+def pair_with_reference(seq):
+    """Gives each measured run of a round the mean requests/s and p99 of
+    the reference runs next to it (both neighbours, by round_order)."""
+    for i, (row, w) in enumerate(seq):
+        if row.ratio_base == row.name:
+            continue
+        refs = [seq[j][1] for j in (i - 1, i + 1)
+                if 0 <= j < len(seq) and seq[j][0].name == row.ratio_base]
+        if refs:
+            w["pair_rps"] = statistics.mean(x["rps"] for x in refs)
+            w["pair_p99_us"] = statistics.mean(x["p99_us"] for x in refs)
+
+
+def paired(runs):
+    """Per-run ratio to the adjacent reference runs, by round."""
+    return {w["round"]: w["rps"] / w["pair_rps"] for w in runs
+            if w.get("pair_rps")}
 
 
 def summarize(results, rows):
@@ -985,21 +945,36 @@ def summarize(results, rows):
                 s["note"] = ((s["note"] + "; ") if s["note"] else "") + \
                     "%d non-2xx responses" % s["non2xx"]
         out.append(s)
-    # ratios only between rows whose runs are valid
+    # ratios only between rows whose runs are valid: the median over the
+    # rounds of each run's ratio to the reference runs beside it
     by = {s["config"]: s for s in out if s["status"] == "ok"}
+    lua = by.get("lua-auth-rl")
+    lua_x = paired(results[lua["config"]]["runs"]) if lua else {}
     for s in out:
         row = s["row"]
-        base = by.get(row.ratio_base)
-        lua = by.get("lua-auth-rl")
-        if s["status"] != "ok":
-            base = lua = None
-        s["x_base"] = (s["rps"] / base["rps"]
-                       if s["rps"] and base and base["rps"] else None)
-        s["x_lua"] = (s["rps"] / lua["rps"]
-                      if s["rps"] and lua and lua["rps"] else None)
-        s["p99_added_ms"] = (s["p99_ms"] - base["p99_ms"]
-                             if s["p99_ms"] is not None and base
-                             and base["p99_ms"] is not None else None)
+        s["x_base"] = s["x_base_lo"] = s["x_base_hi"] = None
+        s["x_lua"] = s["p99_added_ms"] = None
+        s["x_base_runs"] = []
+        if s["status"] != "ok" or row.ratio_base not in by:
+            continue
+        runs = results[row.name]["runs"]
+        if row.ratio_base == row.name:
+            x = {w["round"]: 1.0 for w in runs}
+        else:
+            x = paired(runs)
+            added = [w["p99_us"] - w["pair_p99_us"] for w in runs
+                     if w.get("pair_p99_us") is not None]
+            if added:
+                s["p99_added_ms"] = statistics.median(added) / 1e3
+        if x:
+            s["x_base_runs"] = [x[k] for k in sorted(x)]
+            s["x_base"] = statistics.median(s["x_base_runs"])
+            s["x_base_lo"] = min(s["x_base_runs"])
+            s["x_base_hi"] = max(s["x_base_runs"])
+        # against the peer, round by round, through the same baseline
+        both = [x[k] / lua_x[k] for k in x if lua_x.get(k)]
+        if row.ratio_base == "baseline" and both:
+            s["x_lua"] = statistics.median(both)
         s["target_x"] = row.target
         s["verdict_x"] = verdict(s["x_base"], row.target)
         s["target_lua"] = TARGET_VS_LUA if row.name == "apigw-auth-rl" \
@@ -1027,12 +1002,14 @@ def verdict(value, target):
 
 def print_table(workers, summary, args):
     log("")
-    log("worker_processes %d  (wrk -t%d -c%d, %d x %d s after %d s warm-up, "
-        "interleaved; req/s = mean of runs)" % (
-            workers, args.threads, args.connections, args.runs,
-            args.duration, args.warmup))
-    hdr = ("%-18s %9s %7s %7s  %-17s %-17s %-15s" % (
-        "config", "req/s", "p50 ms", "p99 ms", "x baseline",
+    log("worker_processes %d  (wrk -t%d -c%d, %d rounds of %d s runs, "
+        "%d s warm-up first; req/s = mean of runs; x = median over the "
+        "rounds of each run's ratio to the reference runs beside it, "
+        "[lowest-highest])"
+        % (workers, args.threads, args.connections, args.runs,
+           args.duration, args.warmup))
+    hdr = ("%-18s %9s %7s %7s  %-17s %-11s %-17s %-15s" % (
+        "config", "req/s", "p50 ms", "p99 ms", "x baseline", "[range]",
         "x lua-auth-rl", "p99 added ms"))
     log(hdr)
     log("-" * len(hdr))
@@ -1051,8 +1028,11 @@ def print_table(workers, summary, args):
         pa = "-" if s["p99_added_ms"] is None else "%+.3f" % s["p99_added_ms"]
         if s["verdict_p99"]:
             pa += " %s<1" % s["verdict_p99"]
-        log("%-18s %9.0f %7.3f %7.3f  %-17s %-17s %-15s%s" % (
-            s["config"], s["rps"], s["p50_ms"], s["p99_ms"], xb, xl, pa,
+        rng = "-"
+        if s["x_base_lo"] is not None and s["row"].ratio_base != s["config"]:
+            rng = "%.2f-%.2f" % (s["x_base_lo"], s["x_base_hi"])
+        log("%-18s %9.0f %7.3f %7.3f  %-17s %-11s %-17s %-15s%s" % (
+            s["config"], s["rps"], s["p50_ms"], s["p99_ms"], xb, rng, xl, pa,
             ("  [" + s["note"] + "]") if s["note"] else ""))
     log("† relative to baseline-post (the same POST without the module)")
 
@@ -1088,6 +1068,7 @@ def write_csv(all_summaries, path):
         w = csv.writer(f)
         w.writerow(["workers", "config", "status", "runs", "rps_mean",
                     "rps_runs", "p50_ms", "p99_ms", "ratio_base",
+                    "ratio_runs", "ratio_lowest", "ratio_highest",
                     "ratio_to", "ratio_lua_auth_rl", "p99_added_ms",
                     "target_ratio", "verdict_ratio", "verdict_vs_lua",
                     "verdict_p99", "other_cpu_cores_max",
@@ -1102,6 +1083,8 @@ def write_csv(all_summaries, path):
                     r(s["rps"], 1),
                     ";".join("%.1f" % v for v in s["rps_runs"]),
                     r(s["p50_ms"], 3), r(s["p99_ms"], 3), r(s["x_base"]),
+                    ";".join("%.4f" % v for v in s["x_base_runs"]),
+                    r(s["x_base_lo"]), r(s["x_base_hi"]),
                     s["row"].ratio_base, r(s["x_lua"]),
                     r(s["p99_added_ms"], 3),
                     "" if s["target_x"] is None else s["target_x"],
@@ -1194,6 +1177,11 @@ def svg_chart(all_summaries, args, path, meta):
             parts.append('<rect x="%d" y="%d" width="%.1f" height="%d" '
                          'fill="%s"/>' % (bar_x0, yy, X(s["x_base"]) - bar_x0,
                                           bar_h, color))
+            if s["x_base_lo"] is not None and s["x_base_hi"] > s["x_base_lo"]:
+                parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" '
+                             'class="range"/>' % (
+                                 X(s["x_base_lo"]), yy + bar_h // 2,
+                                 X(s["x_base_hi"]), yy + bar_h // 2))
             txt = "%.2fx%s · %s req/s · p50 %.2f ms · p99 %.2f ms" % (
                 s["x_base"], "†" if s["row"].ratio_base != "baseline" else "",
                 "{:,.0f}".format(s["rps"]), s["p50_ms"], s["p99_ms"])
@@ -1216,8 +1204,9 @@ def svg_chart(all_summaries, args, path, meta):
         y = bottom + 22
     y += 8
     notes = [
-        "Bars: requests/s of each configuration divided by baseline's "
-        "(GET rows) or baseline-post's (†, POST rows) in the same pass.",
+        "Bars: median over the rounds of each run's requests/s divided by "
+        "that of the baseline runs just before and after it (GET rows) or "
+        "baseline-post's (†, POST rows); thin line: lowest to highest round.",
         "Dashed lines: SPEC targets (ids only >= 0.95, auth cache hit >= "
         "0.9, auth + rate limit >= 0.6 and >= 2x lua-auth-rl); solid: 1.0.",
         "Green: every target of the row met, red: one missed (see the "
@@ -1246,6 +1235,7 @@ def svg_chart(all_summaries, args, path, meta):
   .grid { stroke: #e0e0e0; stroke-width: 1; }
   .target { stroke: #6a1b9a; stroke-width: 1.2; stroke-dasharray: 5,3; }
   .base { stroke: #424242; stroke-width: 1.2; }
+  .range { stroke: #212121; stroke-width: 1.5; }
 </style>"""
     svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'viewBox="0 0 %d %d">\n%s\n<rect width="100%%" height="100%%" '
@@ -1306,7 +1296,7 @@ def prepare(args):
     if ctx["tb_sha"] != hashlib.sha1(p.stdout).hexdigest():
         raise BenchError("SCRIPT LOAD answered another SHA-1")
 
-    up_port = free_port()
+    up_port = H.free_port()
     up = Nginx(TMP, "upstream", upstream_conf(up_port), up_port)
     ok, msg = up.test()
     if not ok:
@@ -1389,8 +1379,8 @@ def bench(args):
     csv_path = os.path.join(RESULTS, "results.csv")
     svg_path = os.path.join(RESULTS, "results.svg")
     write_csv(all_summaries, csv_path)
-    meta = ("%s, %d cores, wrk -t%d -c%d, %d run(s) x %d s after %d s "
-            "warm-up, interleaved, loopback" % (
+    meta = ("%s, %d cores, wrk -t%d -c%d, %d round(s) of %d s runs (%d s "
+            "warm-up first), each between two reference runs, loopback" % (
                 started, os.cpu_count() or 0, args.threads,
                 args.connections, args.runs, args.duration, args.warmup))
     meta += ", module sha256 %s…" % ctx["module_id"]
@@ -1412,7 +1402,7 @@ def soak(args):
     try:
         ctx = prepare(args)
         inst = instances(ctx)["apigw-auth-rl"]
-        port = free_port()
+        port = H.free_port()
         ngx = Nginx(TMP, "soak", conf_for(inst, 1, port,
                                           ctx["upstream_port"]), port)
         ok, msg = ngx.test()
@@ -1492,14 +1482,16 @@ def main():
     ap = argparse.ArgumentParser(
         description="apigw benchmark (see bench/README.md)")
     ap.add_argument("-d", "--duration", type=int,
-                    default=int(os.environ.get("BENCH_DURATION", 10)),
-                    help="seconds of each measured run (default 10)")
+                    default=int(os.environ.get("BENCH_DURATION", 3)),
+                    help="seconds of each measured run (default 3)")
     ap.add_argument("-w", "--warmup", type=int,
                     default=int(os.environ.get("BENCH_WARMUP", 2)),
-                    help="seconds of warm-up before each run (default 2)")
+                    help="seconds of warm-up before the first run of each "
+                         "configuration (default 2)")
     ap.add_argument("-r", "--runs", type=int,
-                    default=int(os.environ.get("BENCH_RUNS", 2)),
-                    help="measured runs per configuration (default 2)")
+                    default=int(os.environ.get("BENCH_RUNS", 10)),
+                    help="rounds: measured runs per configuration "
+                         "(default 10)")
     ap.add_argument("-c", "--connections", type=int, default=32)
     ap.add_argument("-t", "--threads", type=int, default=1)
     ap.add_argument("--workers", default="1,2",

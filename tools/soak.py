@@ -83,12 +83,10 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
@@ -530,12 +528,12 @@ def make_classes(H):
                     "--appendfsync", "always", "--dir", self.dir,
                     "--daemonize", "no", "--logfile", self.log,
                     "--protected-mode", "no"]
-            self.proc = H._popen(argv, self.log + ".stdout")
+            self.proc = H.popen(argv, self.log + ".stdout")
 
             def up():
                 if self.proc.poll() is not None:
                     raise H.HarnessError("redis-server exited rc=%s\n%s" % (
-                        self.proc.returncode, H._tail(self.log)))
+                        self.proc.returncode, H.tail(self.log)))
                 return self.ping()
             try:
                 H.wait_for(up, 30.0, what="redis-server on %d" % self.port)
@@ -561,7 +559,7 @@ def make_classes(H):
         def start(self):
             if self.running:
                 return self
-            self.proc = H._popen(
+            self.proc = H.popen(
                 [H.PYTHON, SELF, "--_counting-upstream", "--host", self.host,
                  "--port", str(self.port), "--counts-file",
                  self.counts_file], self.log)
@@ -570,7 +568,7 @@ def make_classes(H):
                 if self.proc.poll() is not None:
                     raise H.HarnessError("counting upstream exited rc=%s\n%s"
                                          % (self.proc.returncode,
-                                            H._tail(self.log)))
+                                            H.tail(self.log)))
                 return self._get("GET", "/ok", 0.5)[0] == 200
             try:
                 H.wait_for(up, H.START_TIMEOUT, what="upstream on %d"
@@ -983,7 +981,7 @@ class Soak:
                 "http://127.0.0.1:%d" % self.nginx.port]
         with open(self.wrk_out, "w") as f:
             f.write("# %s\n" % " ".join(argv))
-        self.procs["wrk"] = H._popen(argv, self.wrk_out, env=env)
+        self.procs["wrk"] = H.popen(argv, self.wrk_out, env=env)
         self.wrk_delay = delay
 
         self.side_out = os.path.join(self.work, "side.json")
@@ -995,7 +993,7 @@ class Soak:
         cfg_path = os.path.join(self.work, "side-config.json")
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
-        self.procs["side"] = H._popen(
+        self.procs["side"] = H.popen(
             [H.PYTHON, SELF, "--_side-checker", "--config", cfg_path],
             os.path.join(self.work, "side.log"))
         log("== load: wrk -t%d -c%d for %d s%s, side checker %d threads"
@@ -1040,7 +1038,7 @@ class Soak:
             if now > deadline:
                 self.notes.append("wrk did not end after %d s: killed"
                                   % deadline)
-                H._terminate(wrk, signal.SIGINT, 5.0)
+                H.terminate(wrk, signal.SIGINT, 5.0)
                 break
             if now >= next_rss:
                 snap = self.sample_rss(now)
@@ -1129,7 +1127,7 @@ class Soak:
                 side.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.notes.append("side checker did not end: killed")
-                H._terminate(side, signal.SIGTERM, 5.0)
+                H.terminate(side, signal.SIGTERM, 5.0)
         # the POSTs wrk abandoned at its end still settle
         time.sleep(2.0)
         self.workers_end = self.nginx.worker_pids()
@@ -1165,7 +1163,7 @@ class Soak:
         for name in ("wrk", "side"):
             p = self.procs.get(name)
             if p is not None:
-                H._terminate(p, signal.SIGTERM, 5.0)
+                H.terminate(p, signal.SIGTERM, 5.0)
         for obj in ("nginx", "fast", "counting", "redis"):
             o = getattr(self, obj, None)
             if o is not None:
@@ -1182,7 +1180,6 @@ class Soak:
     def analyze(self):
         a = self.a
         checks = []        # (name, ok, detail)
-        info = []
 
         def check(name, ok, detail=""):
             checks.append((name, bool(ok), detail))

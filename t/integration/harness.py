@@ -44,6 +44,11 @@ Module level
     parse_raw_response(data) -> (status, {lower name: [values]}, body)
         body de-chunked; parse_raw_responses(data) -> list of those
     det_bytes(n) -> the bytes /bytes/<n> of the upstream returns
+    popen(argv, logfile, env=None) -> Popen (own session, output to
+        logfile, SIGTERM when this process dies); terminate(proc, first=
+        SIGTERM, timeout) -> exit code (then SIGKILL; reaped);
+        signal_proc, wait_exit, tail(path, n), death_signal_kw():
+        also what bench/bench.py and tools/soak.py run their processes with
 
 RedisServer(tmpdir, port=None, unix_socket=False, password=None).start()
     .port .host .unix_path .addr ("127.0.0.1:P" / "unix:/p": apigw_redis)
@@ -209,22 +214,26 @@ def _child_setup():
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def _popen(argv, logfile, env=None):
+def death_signal_kw():
+    """Popen keywords that give the child SIGTERM when this process dies;
+    none while other threads run (preexec_fn is unsafe then)."""
+    if threading.active_count() == 1 and _prctl is not None:
+        return {"preexec_fn": _child_setup}
+    return {}
+
+
+def popen(argv, logfile, env=None):
     out = open(logfile, "ab")
     try:
-        kw = {}
-        # preexec_fn is unsafe while other threads run: then no PDEATHSIG
-        if threading.active_count() == 1 and _prctl is not None:
-            kw["preexec_fn"] = _child_setup
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
-            env=env, close_fds=True, **kw)
+            env=env, close_fds=True, **death_signal_kw())
     finally:
         out.close()
 
 
-def _signal(proc, sig):
+def signal_proc(proc, sig):
     if proc is not None and proc.poll() is None:
         try:
             os.kill(proc.pid, sig)
@@ -232,7 +241,7 @@ def _signal(proc, sig):
             pass
 
 
-def _wait_exit(proc, timeout):
+def wait_exit(proc, timeout):
     try:
         proc.wait(timeout=timeout)
         return True
@@ -240,19 +249,19 @@ def _wait_exit(proc, timeout):
         return False
 
 
-def _terminate(proc, first=signal.SIGTERM, timeout=STOP_TIMEOUT):
+def terminate(proc, first=signal.SIGTERM, timeout=STOP_TIMEOUT):
     """first, then SIGKILL after timeout; reaps.  Returns the exit code."""
     if proc is None:
         return None
     if proc.poll() is None:
-        _signal(proc, first)
-        if not _wait_exit(proc, timeout):
-            _signal(proc, signal.SIGKILL)
-            _wait_exit(proc, 5.0)
+        signal_proc(proc, first)
+        if not wait_exit(proc, timeout):
+            signal_proc(proc, signal.SIGKILL)
+            wait_exit(proc, 5.0)
     return proc.poll()
 
 
-def _tail(path, n=60):
+def tail(path, n=60):
     try:
         with open(path, "rb") as f:
             lines = f.read().decode("utf-8", "replace").splitlines()
@@ -311,12 +320,12 @@ class RedisServer:
             argv += ["--unixsocket", self.unix_path, "--unixsocketperm", "777"]
         if self.password:
             argv += ["--requirepass", self.password]
-        self.proc = _popen(argv, os.path.join(self.dir, "redis.stdout"))
+        self.proc = popen(argv, os.path.join(self.dir, "redis.stdout"))
 
         def up():
             if self.proc.poll() is not None:
                 raise HarnessError("redis-server exited rc=%s\n%s" % (
-                    self.proc.returncode, _tail(self.log)))
+                    self.proc.returncode, tail(self.log)))
             return self.ping()
         try:
             wait_for(up, START_TIMEOUT, what="redis-server PING on %d"
@@ -324,7 +333,7 @@ class RedisServer:
         except HarnessError:
             self.kill()
             raise HarnessError("redis-server did not start on %d\n%s" % (
-                self.port, _tail(self.log)))
+                self.port, tail(self.log)))
         return self
 
     def client(self, decode=True, **kw):
@@ -363,20 +372,20 @@ class RedisServer:
         return out
 
     def pause(self):
-        _signal(self.proc, signal.SIGSTOP)
+        signal_proc(self.proc, signal.SIGSTOP)
 
     def resume(self):
-        _signal(self.proc, signal.SIGCONT)
+        signal_proc(self.proc, signal.SIGCONT)
 
     def stop(self):
         if self.proc is not None:
-            _signal(self.proc, signal.SIGCONT)  # a paused redis ignores TERM
-            _terminate(self.proc, signal.SIGTERM)
+            signal_proc(self.proc, signal.SIGCONT)  # a paused redis ignores TERM
+            terminate(self.proc, signal.SIGTERM)
 
     def kill(self):
         if self.proc is not None:
-            _signal(self.proc, signal.SIGCONT)
-            _terminate(self.proc, signal.SIGKILL, timeout=5.0)
+            signal_proc(self.proc, signal.SIGCONT)
+            terminate(self.proc, signal.SIGKILL, timeout=5.0)
 
     def restart(self):
         self.stop()
@@ -419,20 +428,20 @@ class Upstream:
     def start(self):
         if self.running:
             return self
-        self.proc = _popen([PYTHON, UPSTREAM_PY, "--host", self.host,
+        self.proc = popen([PYTHON, UPSTREAM_PY, "--host", self.host,
                             "--port", str(self.port)], self.log)
 
         def up():
             if self.proc.poll() is not None:
                 raise HarnessError("demo_upstream exited rc=%s\n%s" % (
-                    self.proc.returncode, _tail(self.log)))
+                    self.proc.returncode, tail(self.log)))
             return self._get("GET", "/ok", 0.5)[0] == 200
         try:
             wait_for(up, START_TIMEOUT, what="upstream on %d" % self.port)
         except HarnessError:
             self.kill()
             raise HarnessError("upstream did not start on %d\n%s" % (
-                self.port, _tail(self.log)))
+                self.port, tail(self.log)))
         return self
 
     def counts(self):
@@ -445,10 +454,10 @@ class Upstream:
         self._get("POST", "/__reset")
 
     def stop(self):
-        _terminate(self.proc, signal.SIGTERM)
+        terminate(self.proc, signal.SIGTERM)
 
     def kill(self):
-        _terminate(self.proc, signal.SIGKILL, timeout=5.0)
+        terminate(self.proc, signal.SIGKILL, timeout=5.0)
 
 
 # -- nginx -----------------------------------------------------------------
@@ -651,7 +660,7 @@ class Nginx:
         if self.running:
             return self
         self.write_config()
-        self.proc = _popen(self._argv("-e", self.error_log_path),
+        self.proc = popen(self._argv("-e", self.error_log_path),
                            self.stdout_path, env=self._env())
 
         def up():
@@ -669,8 +678,8 @@ class Nginx:
             self.stop()
             raise NginxError("nginx did not start: %s\n--- nginx.conf ---\n%s"
                              "\n--- error.log (tail) ---\n%s\n%s" % (
-                                 e, self.render(), _tail(self.error_log_path),
-                                 _tail(self.stdout_path, 20)))
+                                 e, self.render(), tail(self.error_log_path),
+                                 tail(self.stdout_path, 20)))
         return self
 
     def worker_pids(self, include_exiting=False):
@@ -715,7 +724,7 @@ class Nginx:
             offset = os.path.getsize(self.error_log_path)
         except OSError:
             offset = 0
-        _signal(self.proc, signal.SIGHUP)
+        signal_proc(self.proc, signal.SIGHUP)
 
         def new_workers():
             with open(self.error_log_path, "rb") as f:
@@ -736,10 +745,10 @@ class Nginx:
                     return self
             except NginxError as e:
                 raise NginxError("%s\n--- error.log (tail) ---\n%s" % (
-                    e, _tail(self.error_log_path)))
+                    e, tail(self.error_log_path)))
             if time.monotonic() > deadline:
                 raise NginxError("reload: no new workers after %.0fs\n%s" % (
-                    START_TIMEOUT, _tail(self.error_log_path)))
+                    START_TIMEOUT, tail(self.error_log_path)))
             time.sleep(0.05)
 
     def stop(self):
@@ -751,12 +760,12 @@ class Nginx:
             self.worker_pids(include_exiting=True)
         rc = self.proc.poll()
         if rc is None:
-            _signal(self.proc, signal.SIGQUIT)
-            if not _wait_exit(self.proc, STOP_TIMEOUT):
-                _signal(self.proc, signal.SIGTERM)
-                if not _wait_exit(self.proc, 5.0):
-                    _signal(self.proc, signal.SIGKILL)
-                    _wait_exit(self.proc, 5.0)
+            signal_proc(self.proc, signal.SIGQUIT)
+            if not wait_exit(self.proc, STOP_TIMEOUT):
+                signal_proc(self.proc, signal.SIGTERM)
+                if not wait_exit(self.proc, 5.0):
+                    signal_proc(self.proc, signal.SIGKILL)
+                    wait_exit(self.proc, 5.0)
             rc = self.proc.poll()
         for pid in self._seen_workers:
             try:
