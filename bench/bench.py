@@ -1119,8 +1119,18 @@ def svg_chart(all_summaries, args, path, meta):
                  'requests/s relative to baseline (same run)</text>'
                  % (10, y + 8))
     y += 26
+    # the run's description, wrapped to the chart's width
+    line = ""
+    for word in meta.split(" "):
+        if line and len(line) + 1 + len(word) > 170:
+            parts.append('<text x="10" y="%d" class="sub">%s</text>' % (
+                y, esc(line)))
+            y += 14
+            line = word
+        else:
+            line = (line + " " + word) if line else word
     parts.append('<text x="10" y="%d" class="sub">%s</text>' % (
-        y, esc(meta)))
+        y, esc(line)))
     y += 14
     targets = [(TARGET_AUTH_RL, "0.6 auth+rl", 0),
                (TARGET_AUTH, "0.9 auth", 1),
@@ -1190,15 +1200,17 @@ def svg_chart(all_summaries, args, path, meta):
                 txt += " (%+.2f)" % s["p99_added_ms"]
             if s["x_lua"] and name != "lua-auth-rl":
                 txt += " · %.2fx lua" % s["x_lua"]
+            # the labels start past the bar and past its range line
+            tx = X(max(s["x_base"], s["x_base_hi"] or 0)) + 5
             if checks:
                 parts.append('<text x="%.1f" y="%d" class="val">%s</text>'
-                             % (X(s["x_base"]) + 5, yy + 11, esc(txt)))
+                             % (tx, yy + 11, esc(txt)))
                 parts.append('<text x="%.1f" y="%d" class="chk">%s</text>'
-                             % (X(s["x_base"]) + 5, yy + 24,
+                             % (tx, yy + 24,
                                 esc(", ".join(checks))))
             else:
                 parts.append('<text x="%.1f" y="%d" class="val">%s</text>'
-                             % (X(s["x_base"]) + 5, yy + bar_h - 9,
+                             % (tx, yy + bar_h - 9,
                                 esc(txt)))
             y += bar_h + gap
         y = bottom + 22
