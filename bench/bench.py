@@ -149,11 +149,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_snapshot():
-    """(user+nice+system ticks of the whole machine,
-    {pid: (ppid, utime+stime ticks, nice)})"""
+    """(busy ticks of the whole machine,
+    {pid: (ppid, utime+stime ticks, nice, cutime+cstime ticks)})
+
+    Busy is user + nice + system + irq + softirq: the kernel charges the
+    loopback's softirq work to whichever process it interrupts (so it is in
+    the processes' stime) but counts it apart in /proc/stat, and how much
+    of it there is differs from one row to the next."""
     with open("/proc/stat") as f:
         v = f.readline().split()
-    total = int(v[1]) + int(v[2]) + int(v[3])
+    total = (int(v[1]) + int(v[2]) + int(v[3]) + int(v[6]) + int(v[7]))
     procs = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -162,7 +167,7 @@ def cpu_snapshot():
             with open("/proc/%s/stat" % d) as f:
                 rest = f.read().rsplit(")", 1)[1].split()
             procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]),
-                             int(rest[16]))
+                             int(rest[16]), int(rest[13]) + int(rest[14]))
         except (OSError, ValueError, IndexError):
             continue
     return total, procs
@@ -180,16 +185,17 @@ def foreign_cpu(before, after, seconds):
     grew = True
     while grew:
         grew = False
-        for pid, (ppid, _, _) in procs.items():
+        for pid, (ppid, _, _, _) in procs.items():
             if ppid in ours and pid not in ours:
                 ours.add(pid)
                 grew = True
     mine = niced = 0
-    for pid, (ppid, ticks, nice) in procs.items():
+    for pid, (ppid, ticks, nice, reaped) in procs.items():
         old = before[1].get(pid)
         delta = ticks - (old[1] if old else 0)
         if pid in ours:
-            mine += delta
+            # + the children it waited for meanwhile: the run's wrk
+            mine += delta + reaped - (old[3] if old else 0)
         elif nice > 0:
             niced += delta
     busy = after[0] - before[0]
