@@ -10,6 +10,10 @@
 --   BENCH_MODE=soak     the GET; each thread stops after BENCH_SOAK_REQUESTS
 --                       responses and prints BENCH_SOAK_DONE
 --
+-- BENCH_PACE_MS=N: every connection waits N ms before each request (wrk's
+-- delay(), not counted in the latency): the latency runs, at the same
+-- request rate for every row, far below saturation.
+--
 -- Headers given with -H (Authorization) are kept.  done() prints one line
 -- "BENCH_JSON {...}" with exact latency percentiles (microseconds), the
 -- request count and the error counts, which bench.py parses.
@@ -34,6 +38,14 @@ if mode == "post" or mode == "replay" then
     if mode == "replay" then
         wrk.headers["Idempotency-Key"] = os.getenv("BENCH_IDEM_KEY")
             or ("bench-replay-" .. run_id)
+    end
+end
+
+local pace_ms = tonumber(os.getenv("BENCH_PACE_MS") or "")
+
+if pace_ms and pace_ms > 0 then
+    function delay()
+        return pace_ms
     end
 end
 
