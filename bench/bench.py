@@ -1178,7 +1178,7 @@ def write_csv(all_summaries, path):
 def svg_chart(all_summaries, args, path, meta):
     """A horizontal bar chart per pass: req/s relative to baseline, with
     the SPEC's target lines.  Hand-written SVG."""
-    W = 1120
+    W = 1360
     label_w = 150
     bar_x0 = label_w + 10
     bar_w = 540
