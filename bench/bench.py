@@ -824,50 +824,8 @@ def run_pass(workers, ctx, args, rows):
                 log("  %-18s warning: %s" % (row.name, res["note"]))
 
         live_rows = [r for r in rows if results[r.name]["status"] == "ok"]
-        order = round_order(live_rows)
-        warmed = set()
-        for run in range(1, args.runs + 1):
-            seq = []
-            for k, row in enumerate(order):
-                ngx = running[row.instance]
-                # later rounds find everything warm: connections to the
-                # upstream and Redis open, the auth cache filled
-                if args.warmup > 0 and row.name not in warmed:
-                    run_wrk(ngx.port, row, ctx["api_key"], args.warmup, args)
-                    warmed.add(row.name)
-                before = ngx.log_offset()
-                snap0, t0 = cpu_snapshot(), time.monotonic()
-                w = run_wrk(ngx.port, row, ctx["api_key"], args.duration,
-                            args, raw_name="w%d-r%d-%02d-%s.txt" % (
-                                workers, run, k, row.name))
-                w["round"] = run
-                seq.append((row, w))
-                w["other_cpu"], w["other_cpu_niced"] = foreign_cpu(
-                    snap0, cpu_snapshot(), time.monotonic() - t0)
-                results[row.name]["runs"].append(w)
-                errs, crashes = ngx.log_errors(before)
-                res = results[row.name]
-                res["errors"] = res.get("errors", 0) + len(errs)
-                res["crashes"] = res.get("crashes", 0) + len(crashes)
-                if errs:
-                    res["last_error"] = errs[-1]
-                bad = w.get("non2xx", 0)
-                log("  w=%d run %d %-18s %9.0f req/s  p50 %6s ms  "
-                    "p99 %6s ms  other CPU %.2f (niced %.2f)%s%s%s" % (
-                        workers, run, row.name, w["rps"],
-                        fmt_num(w.get("p50_us", 0) / 1e3),
-                        fmt_num(w.get("p99_us", 0) / 1e3), w["other_cpu"],
-                        w["other_cpu_niced"],
-                        ("  NON-2xx: %d" % bad) if bad else "",
-                        ("  CRASHED WORKERS: %d" % len(crashes))
-                        if crashes else "",
-                        ("  error.log: %d line(s)" % len(errs))
-                        if errs else ""))
-                if ngx.proc.poll() is not None:
-                    raise BenchError("nginx %s died during the run:\n%s" % (
-                        ngx.name, H.tail(os.path.join(ngx.prefix,
-                                                    "error.log"))))
-            pair_with_reference(seq)
+        measure(workers, ctx, args, running, results, round_order(live_rows),
+                args.runs, "runs", warmup=True)
 
         # latency: the p99 rows again at one fixed pace, far below
         # saturation, so that what p99 adds is the work and the waits of a
@@ -878,27 +836,9 @@ def run_pass(workers, ctx, args, rows):
                     or any(x.p99_target and x.ratio_base == r.name
                            for x in live_rows)]
         if args.pace_ms > 0 and any(r.p99_target for r in lat_rows):
-            order = round_order(lat_rows)
-            for run in range(1, args.latency_runs + 1):
-                seq = []
-                for k, row in enumerate(order):
-                    w = run_wrk(running[row.instance].port, row,
-                                ctx["api_key"], args.duration, args,
-                                raw_name="w%d-paced-r%d-%02d-%s.txt" % (
-                                    workers, run, k, row.name),
-                                extra_env={"BENCH_PACE_MS":
-                                           str(args.pace_ms)})
-                    w["round"] = run
-                    seq.append((row, w))
-                    results[row.name]["paced"].append(w)
-                    log("  w=%d paced %d %-18s %9.0f req/s  p50 %6s ms  "
-                        "p99 %6s ms%s" % (
-                            workers, run, row.name, w["rps"],
-                            fmt_num(w.get("p50_us", 0) / 1e3),
-                            fmt_num(w.get("p99_us", 0) / 1e3),
-                            ("  NON-2xx: %d" % w["non2xx"])
-                            if w.get("non2xx") else ""))
-                pair_with_reference(seq)
+            measure(workers, ctx, args, running, results,
+                    round_order(lat_rows), args.latency_runs, "paced",
+                    extra_env={"BENCH_PACE_MS": str(args.pace_ms)})
         for row in live_rows:
             res = results[row.name]
             notes = [res["note"]] if res["note"] else []
@@ -918,6 +858,61 @@ def run_pass(workers, ctx, args, rows):
         for ngx in running.values():
             ngx.stop()
     return summarize(results, rows)
+
+
+def measure(workers, ctx, args, running, results, order, rounds, kind,
+            warmup=False, extra_env=None):
+    """rounds rounds of the runs in order, each run stored under
+    results[row][kind] ("runs": throughput, "paced": latency) and paired
+    with the reference runs beside it.  Every run is checked alike: other
+    processes' CPU, the nginx's error.log (crashes, errors), the nginx
+    still running."""
+    label = "run" if kind == "runs" else kind
+    raw = "" if kind == "runs" else kind + "-"
+    warmed = set()
+    for run in range(1, rounds + 1):
+        seq = []
+        for k, row in enumerate(order):
+            ngx = running[row.instance]
+            # later rounds find everything warm: connections to the
+            # upstream and Redis open, the auth cache filled
+            if warmup and args.warmup > 0 and row.name not in warmed:
+                run_wrk(ngx.port, row, ctx["api_key"], args.warmup, args)
+                warmed.add(row.name)
+            before = ngx.log_offset()
+            snap0, t0 = cpu_snapshot(), time.monotonic()
+            w = run_wrk(ngx.port, row, ctx["api_key"], args.duration,
+                        args, raw_name="w%d-%sr%d-%02d-%s.txt" % (
+                            workers, raw, run, k, row.name),
+                        extra_env=extra_env)
+            w["round"] = run
+            seq.append((row, w))
+            w["other_cpu"], w["other_cpu_niced"] = foreign_cpu(
+                snap0, cpu_snapshot(), time.monotonic() - t0)
+            res = results[row.name]
+            res[kind].append(w)
+            errs, crashes = ngx.log_errors(before)
+            res["errors"] = res.get("errors", 0) + len(errs)
+            res["crashes"] = res.get("crashes", 0) + len(crashes)
+            if errs:
+                res["last_error"] = errs[-1]
+            bad = w.get("non2xx", 0)
+            log("  w=%d %s %d %-18s %9.0f req/s  p50 %6s ms  "
+                "p99 %6s ms  other CPU %.2f (niced %.2f)%s%s%s" % (
+                    workers, label, run, row.name, w["rps"],
+                    fmt_num(w.get("p50_us", 0) / 1e3),
+                    fmt_num(w.get("p99_us", 0) / 1e3), w["other_cpu"],
+                    w["other_cpu_niced"],
+                    ("  NON-2xx: %d" % bad) if bad else "",
+                    ("  CRASHED WORKERS: %d" % len(crashes))
+                    if crashes else "",
+                    ("  error.log: %d line(s)" % len(errs))
+                    if errs else ""))
+            if ngx.proc.poll() is not None:
+                raise BenchError("nginx %s died during the run:\n%s" % (
+                    ngx.name, H.tail(os.path.join(ngx.prefix,
+                                                  "error.log"))))
+        pair_with_reference(seq)
 
 
 def round_order(rows):
