@@ -37,10 +37,19 @@ typedef enum {
 } ngx_http_apigw_auth_state_e;
 
 
+/*
+ * Kept for the whole request, across location passes: once a location has
+ * accepted the key and removed its header, the digest (and the record
+ * found for it) still lets a later location judge the same key.
+ */
 typedef struct {
     ngx_http_apigw_auth_state_e   state;
+    ngx_uint_t                    pass;         /* ctx->pass judged in */
     u_char                        digest[APIGW_SHA256_LEN];
     apigw_key_record_t            rec;
+    const ngx_http_apigw_header_name_t  *from;  /* the digest's header */
+    unsigned                      have_digest:1;
+    unsigned                      found:1;      /* rec is the digest's */
 } ngx_http_apigw_auth_ctx_t;
 
 
@@ -57,6 +66,8 @@ static ngx_int_t ngx_http_apigw_auth_stage(ngx_http_request_t *r,
     ngx_http_apigw_ctx_t *ctx);
 static ngx_int_t ngx_http_apigw_auth_refuse(ngx_http_request_t *r,
     apigw_err_id_t id);
+static ngx_int_t ngx_http_apigw_auth_subrequest(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *mctx);
 
 
 static ngx_command_t  ngx_http_apigw_auth_commands[] = {
@@ -133,6 +144,7 @@ ngx_http_apigw_auth_init(ngx_conf_t *cf)
 {
     ngx_http_apigw_register_stage(NGX_HTTP_APIGW_AUTH,
                                   ngx_http_apigw_auth_stage);
+    ngx_http_apigw_register_subrequest_check(ngx_http_apigw_auth_subrequest);
     return NGX_OK;
 }
 
@@ -398,6 +410,10 @@ ngx_http_apigw_auth_forward(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         return NGX_ERROR;
     }
 
+    /* the client's X-Apigw-* went with the credential: ours stay */
+    ctx->identity_stripped = 1;
+    ctx->authenticated = 1;
+
     if (ngx_http_apigw_add_in_header(r,
                  ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_KEY_ID),
                  &ctx->key_id)
@@ -418,12 +434,34 @@ ngx_http_apigw_auth_forward(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
 }
 
 
+static ngx_str_t *
+ngx_http_apigw_auth_missing_scope(ngx_http_apigw_auth_loc_conf_t *aalcf,
+    apigw_key_record_t *rec)
+{
+    ngx_str_t   *scope;
+    ngx_uint_t   i;
+
+    if (aalcf->scopes == NULL) {
+        return NULL;
+    }
+
+    scope = aalcf->scopes->elts;
+
+    for (i = 0; i < aalcf->scopes->nelts; i++) {
+        if (!apigw_scopes_has(&rec->scopes, scope[i].data, scope[i].len)) {
+            return &scope[i];
+        }
+    }
+
+    return NULL;
+}
+
+
 static ngx_int_t
 ngx_http_apigw_auth_judge(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ngx_http_apigw_auth_loc_conf_t *aalcf, apigw_key_record_t *rec)
 {
-    ngx_str_t   *scope;
-    ngx_uint_t   i;
+    ngx_str_t  *scope;
 
     switch (apigw_key_record_check(rec, (long long) ngx_time())) {
 
@@ -437,17 +475,11 @@ ngx_http_apigw_auth_judge(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
     }
 
-    if (aalcf->scopes) {
-        scope = aalcf->scopes->elts;
+    scope = ngx_http_apigw_auth_missing_scope(aalcf, rec);
 
-        for (i = 0; i < aalcf->scopes->nelts; i++) {
-            if (!apigw_scopes_has(&rec->scopes, scope[i].data, scope[i].len))
-            {
-                ngx_http_apigw_error_detail_str(r, "required_scope",
-                                                &scope[i]);
-                return ngx_http_apigw_auth_refuse(r, APIGW_E_SCOPE_REQUIRED);
-            }
-        }
+    if (scope) {
+        ngx_http_apigw_error_detail_str(r, "required_scope", scope);
+        return ngx_http_apigw_auth_refuse(r, APIGW_E_SCOPE_REQUIRED);
     }
 
     if (ngx_http_apigw_auth_forward(r, ctx, aalcf, rec) != NGX_OK) {
@@ -474,11 +506,75 @@ ngx_http_apigw_auth_refuse(ngx_http_request_t *r, apigw_err_id_t id)
 }
 
 
+static ngx_uint_t
+ngx_http_apigw_auth_same_header(const ngx_http_apigw_header_name_t *a,
+    const ngx_http_apigw_header_name_t *b)
+{
+    return a == b
+           || (a->lowcase.len == b->lowcase.len
+               && ngx_memcmp(a->lowcase.data, b->lowcase.data, a->lowcase.len)
+                  == 0);
+}
+
+
+/*
+ * The credential of this pass: the header if it is (still) there, else
+ * the digest an earlier location took from the same header before it
+ * removed it.  NGX_DECLINED: none; NGX_OK: actx->digest is set.
+ */
+
+static ngx_int_t
+ngx_http_apigw_auth_digest(ngx_http_request_t *r,
+    ngx_http_apigw_auth_loc_conf_t *aalcf, ngx_http_apigw_auth_ctx_t *actx)
+{
+    u_char            digest[APIGW_SHA256_LEN];
+    apigw_str_t       key;
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_apigw_auth_credential(r, aalcf);
+
+    if (h == NULL || h->value.len == 0) {
+        if (actx->have_digest
+            && ngx_http_apigw_auth_same_header(actx->from, aalcf->strip[0]))
+        {
+            return NGX_OK;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    if (apigw_auth_parse(h->value.data, h->value.len,
+                         aalcf->header.len == 0, &key)
+        != 0
+        || !apigw_auth_key_valid(key.data, key.len))
+    {
+        return NGX_HTTP_UNAUTHORIZED;
+    }
+
+    if (apigw_sha256(key.data, key.len, digest) != 0) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "apigw: SHA-256 of the key failed");
+        return NGX_ERROR;
+    }
+
+    if (!actx->have_digest
+        || ngx_memcmp(digest, actx->digest, APIGW_SHA256_LEN) != 0)
+    {
+        ngx_memcpy(actx->digest, digest, APIGW_SHA256_LEN);
+        actx->found = 0;
+    }
+
+    actx->have_digest = 1;
+    actx->from = aalcf->strip[0];
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
 {
-    apigw_str_t                       key;
-    ngx_table_elt_t                  *h;
+    ngx_int_t                         rc;
     ngx_http_apigw_auth_ctx_t        *actx;
     ngx_http_apigw_auth_loc_conf_t   *aalcf;
     ngx_http_apigw_auth_main_conf_t  *aamcf;
@@ -499,30 +595,35 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         }
 
         ctx->feature[NGX_HTTP_APIGW_AUTH] = actx;
+        actx->pass = ctx->pass;
+
+    } else if (actx->pass != ctx->pass) {
+        /* another location serves the request now: it judges the key */
+        actx->pass = ctx->pass;
+        actx->state = NGX_HTTP_APIGW_AUTH_START;
     }
 
     switch (actx->state) {
 
     case NGX_HTTP_APIGW_AUTH_START:
 
-        h = ngx_http_apigw_auth_credential(r, aalcf);
+        rc = ngx_http_apigw_auth_digest(r, aalcf, actx);
 
-        if (h == NULL || h->value.len == 0) {
+        if (rc == NGX_DECLINED) {
             return ngx_http_apigw_auth_refuse(r, APIGW_E_MISSING_CREDENTIALS);
         }
 
-        if (apigw_auth_parse(h->value.data, h->value.len,
-                             aalcf->header.len == 0, &key)
-            != 0
-            || !apigw_auth_key_valid(key.data, key.len))
-        {
+        if (rc == NGX_HTTP_UNAUTHORIZED) {
             return ngx_http_apigw_auth_refuse(r, APIGW_E_INVALID_CREDENTIALS);
         }
 
-        if (apigw_sha256(key.data, key.len, actx->digest) != 0) {
-            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                          "apigw: SHA-256 of the key failed");
-            return NGX_ERROR;
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (actx->found) {
+            /* this request's own lookup, in an earlier location */
+            return ngx_http_apigw_auth_judge(r, ctx, aalcf, &actx->rec);
         }
 
         switch (ngx_http_apigw_auth_cache_get(&aamcf->cache, actx->digest,
@@ -530,6 +631,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         {
         case NGX_HTTP_APIGW_CACHE_HIT:
             actx->state = NGX_HTTP_APIGW_AUTH_FOUND;
+            actx->found = 1;
             return ngx_http_apigw_auth_judge(r, ctx, aalcf, &actx->rec);
 
         case NGX_HTTP_APIGW_CACHE_NEGATIVE:
@@ -546,8 +648,12 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         return NGX_AGAIN;
 
     case NGX_HTTP_APIGW_AUTH_FOUND:
-        ngx_http_apigw_auth_cache_put(&aamcf->cache, actx->digest,
-                                      &actx->rec);
+        if (!actx->found) {
+            ngx_http_apigw_auth_cache_put(&aamcf->cache, actx->digest,
+                                          &actx->rec);
+            actx->found = 1;
+        }
+
         return ngx_http_apigw_auth_judge(r, ctx, aalcf, &actx->rec);
 
     case NGX_HTTP_APIGW_AUTH_UNKNOWN:
@@ -569,6 +675,7 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
         {
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                            "apigw auth: Redis unavailable, stale record");
+            actx->found = 1;
             return ngx_http_apigw_auth_judge(r, ctx, aalcf, &actx->rec);
         }
 
@@ -587,4 +694,60 @@ ngx_http_apigw_auth_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
 
         return ngx_http_apigw_auth_refuse(r, APIGW_E_AUTH_UNAVAILABLE);
     }
+}
+
+
+/*
+ * Subrequests (SSI, mirror, auth_request) run no access phase, and apigw
+ * never authenticates in one: a subrequest into a protected location is
+ * served only on the identity its main request established, judged
+ * against this location's scopes, so it can never carry a credential or
+ * an identity that nobody checked.  No envelope: nginx finalizes the
+ * subrequest with the status (auth_request passes it on as its own).
+ */
+
+static ngx_int_t
+ngx_http_apigw_auth_subrequest(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *mctx)
+{
+    ngx_str_t                       *scope;
+    apigw_err_id_t                   id;
+    ngx_http_apigw_auth_ctx_t       *actx;
+    ngx_http_apigw_main_conf_t      *amcf;
+    ngx_http_apigw_auth_loc_conf_t  *aalcf;
+
+    aalcf = ngx_http_get_module_loc_conf(r, ngx_http_apigw_auth_module);
+
+    if (!aalcf->enable) {
+        return NGX_DECLINED;
+    }
+
+    actx = mctx ? mctx->feature[NGX_HTTP_APIGW_AUTH] : NULL;
+
+    if (actx == NULL || !mctx->authenticated || !actx->found) {
+        id = APIGW_E_MISSING_CREDENTIALS;
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apigw auth: subrequest \"%V\" refused: its main "
+                      "request established no identity", &r->uri);
+
+    } else {
+        scope = ngx_http_apigw_auth_missing_scope(aalcf, &actx->rec);
+
+        if (scope == NULL) {
+            return NGX_DECLINED;
+        }
+
+        id = APIGW_E_SCOPE_REQUIRED;
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apigw auth: subrequest \"%V\" refused: scope "
+                      "\"%V\" required", &r->uri, scope);
+    }
+
+    ngx_http_apigw_metric_auth(id);
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_apigw_module);
+
+    return amcf->catalog.entries[id].status;
 }

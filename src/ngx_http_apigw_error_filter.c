@@ -108,9 +108,29 @@ ngx_http_apigw_header_filter(ngx_http_request_t *r)
     ctx->filter = NGX_HTTP_APIGW_FILTER_NONE;
     ctx->sent = 0;
 
+    if (ctx->pass != r->uri_changes) {
+        /* no phase of ours saw this pass: what was raised is an old pass's */
+        ctx->error = -1;
+        ctx->error_page = 0;
+    }
+
     status = r->headers_out.status;
 
     if (status < NGX_HTTP_BAD_REQUEST || ctx->replay) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    /*
+     * The operator's error_page is served as configured: apigw only adds
+     * the request id.  An error this location raises itself (a protected
+     * error page refusing the request), or a new one of nginx's while
+     * serving the page, still gets its envelope.
+     */
+    if (ctx->error_page
+        && ctx->error < 0
+        && (r->err_status == 0
+            || (ngx_uint_t) r->err_status == ctx->error_page_status))
+    {
         return ngx_http_next_header_filter(r);
     }
 

@@ -90,6 +90,7 @@ typedef struct {
 
     ngx_http_apigw_idem_phase_e       phase;
     ngx_http_apigw_idem_outcome_e     outcome;
+    ngx_uint_t                        pass;     /* ctx->pass claimed in */
 
     ngx_str_t                         rkey;     /* the Redis record key */
     apigw_idem_fp_t                   fp;
@@ -472,6 +473,25 @@ ngx_http_apigw_idem_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
 
     ictx = ctx->feature[NGX_HTTP_APIGW_IDEMPOTENCY];
 
+    if (ictx && ictx->pass != ctx->pass) {
+
+        /*
+         * Another location serves the request now.  A key claimed (or
+         * possibly claimed) by an earlier one stays claimed: its capture
+         * records whatever response the request ends with, and a second
+         * claim would find our own lock.  A key that was refused there is
+         * judged again here, never let through.
+         */
+
+        if (ictx->owes || ictx->armed || ictx->replay) {
+            ictx->pass = ctx->pass;
+            return NGX_DECLINED;
+        }
+
+        ictx = NULL;
+        ctx->feature[NGX_HTTP_APIGW_IDEMPOTENCY] = NULL;
+    }
+
     if (ictx == NULL) {
         ilcf = ngx_http_get_module_loc_conf(r,
                                          ngx_http_apigw_idempotency_module);
@@ -579,6 +599,7 @@ ngx_http_apigw_idem_start(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ictx->request = r;
     ictx->conf = ilcf;
     ictx->phase = NGX_HTTP_APIGW_IDEM_READING;
+    ictx->pass = ctx->pass;
 
     cln->handler = ngx_http_apigw_idem_cleanup;
 

@@ -27,6 +27,7 @@ static char *ngx_http_apigw_error_catalog(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 static void ngx_http_apigw_ctx_cleanup(void *data);
+static ngx_int_t ngx_http_apigw_rewrite_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_apigw_preaccess_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_apigw_access_handler(ngx_http_request_t *r);
 static void ngx_http_apigw_redis_detach(void *data);
@@ -43,6 +44,7 @@ static ngx_int_t ngx_http_apigw_variable_remaining(ngx_http_request_t *r,
 
 
 static ngx_http_apigw_stage_pt  ngx_http_apigw_stages[NGX_HTTP_APIGW_STAGES];
+static ngx_http_apigw_subrequest_pt  ngx_http_apigw_subrequest_check;
 
 static const ngx_http_apigw_header_name_t  *const
     ngx_http_apigw_identity_headers[] =
@@ -213,6 +215,20 @@ ngx_http_apigw_postconfiguration(ngx_conf_t *cf)
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     ngx_http_apigw_headers_init();
+
+    /*
+     * Every location pass starts in the rewrite phase, also after an
+     * error_page or a named location: that is where a new pass is noticed
+     * before anything of ours (or the rewrite module's "return") runs.
+     * Handlers run in the reverse order of registration, so this one runs
+     * before the rewrite module's.
+     */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_apigw_rewrite_handler;
 
     /*
      * Request ids are settled in preaccess, where the location is known
@@ -616,15 +632,89 @@ ngx_http_apigw_ctx_cleanup(void *data)
 
 /* the phase handlers */
 
+ngx_uint_t
+ngx_http_apigw_pass(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
+{
+    if (ctx->pass == r->uri_changes) {
+        return 0;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "apigw new location pass %ui, err_status %ui",
+                   r->uri_changes, r->err_status);
+
+    ctx->pass = r->uri_changes;
+    ctx->stage = 0;
+
+    /*
+     * What an earlier location raised was answered there, or handed to
+     * the operator's error_page: this location's checks decide anew.
+     */
+    ctx->error = -1;
+    ctx->raised.ndetails = 0;
+    ngx_str_null(&ctx->param);
+
+    /*
+     * A pass that starts with err_status set is an error_page without
+     * "=": nginx serves the operator's page with the error's status.
+     */
+    ctx->error_page = (r->err_status != 0);
+    ctx->error_page_status = r->err_status;
+
+    return 1;
+}
+
+
+static ngx_int_t
+ngx_http_apigw_rewrite_handler(ngx_http_request_t *r)
+{
+    ngx_http_apigw_ctx_t       *ctx;
+    ngx_http_apigw_loc_conf_t  *alcf;
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apigw_module);
+
+    if (alcf->enable) {
+        ctx = ngx_http_apigw_ensure_ctx(r);
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else {
+        /* a context of an earlier location still needs to see the move */
+        ctx = ngx_http_apigw_get_ctx(r);
+        if (ctx == NULL) {
+            return NGX_DECLINED;
+        }
+    }
+
+    (void) ngx_http_apigw_pass(r, ctx);
+
+    return NGX_DECLINED;
+}
+
+
 static ngx_int_t
 ngx_http_apigw_preaccess_handler(ngx_http_request_t *r)
 {
     ngx_http_apigw_ctx_t       *ctx;
     ngx_http_apigw_loc_conf_t  *alcf;
 
+    if (r != r->main) {
+        if (ngx_http_apigw_subrequest_check == NULL) {
+            return NGX_DECLINED;
+        }
+
+        return ngx_http_apigw_subrequest_check(r,
+                                           ngx_http_apigw_get_ctx(r->main));
+    }
+
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_apigw_module);
 
-    if (!alcf->enable || r != r->main) {
+    if (!alcf->enable) {
         return NGX_DECLINED;
     }
 
@@ -632,6 +722,8 @@ ngx_http_apigw_preaccess_handler(ngx_http_request_t *r)
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    (void) ngx_http_apigw_pass(r, ctx);
 
     if (ngx_http_apigw_request_id_init(r, ctx) != NGX_OK
         || ngx_http_apigw_request_id_to_upstream(r, ctx) != NGX_OK)
@@ -642,15 +734,29 @@ ngx_http_apigw_preaccess_handler(ngx_http_request_t *r)
     /*
      * Upstreams behind apigw trust X-Apigw-*: a client's copies never pass,
      * whether or not this location authenticates (auth adds the real ones).
+     * Once is enough: later passes would only take away an identity that
+     * an earlier location established.
      */
-    if (ngx_http_apigw_remove_in_headers(r, ngx_http_apigw_identity_headers,
-                                         3)
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (!ctx->identity_stripped) {
+        if (ngx_http_apigw_remove_in_headers(r,
+                                             ngx_http_apigw_identity_headers,
+                                             3)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->identity_stripped = 1;
     }
 
     return NGX_DECLINED;
+}
+
+
+void
+ngx_http_apigw_register_subrequest_check(ngx_http_apigw_subrequest_pt h)
+{
+    ngx_http_apigw_subrequest_check = h;
 }
 
 
@@ -683,6 +789,9 @@ ngx_http_apigw_access_handler(ngx_http_request_t *r)
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    /* checks belong to the location that serves the request */
+    (void) ngx_http_apigw_pass(r, ctx);
 
     if (ctx->waiting) {
         /* a spurious write event while the Redis reply is pending */

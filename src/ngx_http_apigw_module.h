@@ -62,6 +62,14 @@ struct ngx_http_apigw_ctx_s {
     ngx_int_t                     ratelimit_remaining;  /* -1: none */
     ngx_str_t                     idempotency_status;
 
+    /*
+     * The location pass the checks belong to: r->uri_changes, which every
+     * internal redirect, named location and "rewrite ... last" decrements.
+     * A new pass runs the stages again, in the location that serves it.
+     */
+    ngx_uint_t                    pass;
+    ngx_uint_t                    error_page_status;  /* err_status then */
+
     /* the access-phase state machine and its Redis wait */
     ngx_uint_t                    stage;
     ngx_http_apigw_detach_pt      detach;       /* set while waiting */
@@ -83,6 +91,9 @@ struct ngx_http_apigw_ctx_s {
     unsigned                      request_id_sent_in:1; /* ... or any */
     unsigned                      replay:1;     /* stored bytes, as-is */
     unsigned                      request_id_sent:1;
+    unsigned                      error_page:1;   /* serving an error_page */
+    unsigned                      identity_stripped:1;  /* client copies */
+    unsigned                      authenticated:1;  /* an identity holds */
 };
 
 #define NGX_HTTP_APIGW_FILTER_NONE      0
@@ -113,12 +124,31 @@ typedef ngx_int_t (*ngx_http_apigw_stage_pt)(ngx_http_request_t *r,
 void ngx_http_apigw_register_stage(ngx_uint_t slot,
     ngx_http_apigw_stage_pt handler);
 
+/*
+ * nginx runs no access phase in subrequests (SSI, mirror, auth_request):
+ * a feature that must still guard its locations there registers a
+ * preaccess check; it returns NGX_DECLINED or a status.
+ */
+typedef ngx_int_t (*ngx_http_apigw_subrequest_pt)(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *main_ctx);
+
+void ngx_http_apigw_register_subrequest_check(
+    ngx_http_apigw_subrequest_pt handler);
+
+/*
+ * Starts a new location pass if the request moved since the last one
+ * (see ctx->pass); returns 1 when it did.
+ */
+ngx_uint_t ngx_http_apigw_pass(ngx_http_request_t *r,
+    ngx_http_apigw_ctx_t *ctx);
+
 extern ngx_module_t  ngx_http_apigw_module;
 
 /*
  * The context survives internal redirects (error_page, try_files): like
- * realip, it is found again through its pool cleanup, so the request id
- * and a raised error stay the same for the whole request.
+ * realip, it is found again through its pool cleanup, so the request id,
+ * the key's digest and what the policies charged stay with the request;
+ * the checks themselves run again in every location pass.
  */
 ngx_http_apigw_ctx_t *ngx_http_apigw_get_ctx(ngx_http_request_t *r);
 ngx_http_apigw_ctx_t *ngx_http_apigw_ensure_ctx(ngx_http_request_t *r);

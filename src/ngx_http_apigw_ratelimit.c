@@ -109,7 +109,11 @@ typedef enum {
 } ngx_http_apigw_rl_outcome_e;
 
 
-typedef struct {
+typedef struct ngx_http_apigw_rl_ctx_s  ngx_http_apigw_rl_ctx_t;
+
+struct ngx_http_apigw_rl_ctx_s {
+    ngx_http_apigw_rl_ctx_t      *prev;         /* an earlier pass's */
+    ngx_uint_t                    pass;         /* ctx->pass it belongs to */
     ngx_http_apigw_rl_item_t     *items;
     ngx_uint_t                    n;
     ngx_uint_t                    group;        /* the check in flight */
@@ -123,7 +127,7 @@ typedef struct {
     ngx_uint_t                    headers;
     ngx_str_t                     policy_hdr;
     ngx_str_t                     why;          /* of a failed call */
-} ngx_http_apigw_rl_ctx_t;
+};
 
 
 typedef struct {
@@ -1039,6 +1043,29 @@ ngx_http_apigw_rl_override(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
 }
 
 
+/* an earlier location pass of this request took a token of this policy */
+
+static ngx_uint_t
+ngx_http_apigw_rl_charged(ngx_http_apigw_rl_ctx_t *rctx,
+    ngx_http_apigw_rl_policy_t *pol)
+{
+    ngx_uint_t  i;
+
+    for ( /* void */ ; rctx; rctx = rctx->prev) {
+        for (i = 0; i < rctx->n; i++) {
+            if (rctx->items[i].policy == pol
+                && rctx->items[i].done
+                && rctx->items[i].res.allowed)
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
 static ngx_int_t
 ngx_http_apigw_rl_prepare(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ngx_http_apigw_rl_loc_conf_t *rlcf, ngx_http_apigw_rl_ctx_t **out)
@@ -1095,6 +1122,13 @@ ngx_http_apigw_rl_prepare(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
 
     for (i = 0; i < list->refs.nelts; i++) {
         pol = refs[i].policy;
+
+        /* a policy charges one request once, whichever locations apply it */
+        if (ngx_http_apigw_rl_charged(ctx->feature[NGX_HTTP_APIGW_RATELIMIT],
+                                      pol))
+        {
+            continue;
+        }
 
         if (pol->key) {
             if (ngx_http_complex_value(r, pol->key, &key) != NGX_OK) {
@@ -1432,7 +1466,14 @@ ngx_http_apigw_rl_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
 
     rctx = ctx->feature[NGX_HTTP_APIGW_RATELIMIT];
 
-    if (rctx == NULL) {
+    if (rctx == NULL || rctx->pass != ctx->pass) {
+
+        /*
+         * The first pass, or another location serves the request now:
+         * its policies apply, less those an earlier location charged.
+         * The earlier pass's outcome stays for the headers if none does.
+         */
+
         rlcf = ngx_http_get_module_loc_conf(r,
                                             ngx_http_apigw_ratelimit_module);
 
@@ -1450,6 +1491,8 @@ ngx_http_apigw_rl_stage(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx)
             return NGX_DECLINED;
         }
 
+        rctx->pass = ctx->pass;
+        rctx->prev = ctx->feature[NGX_HTTP_APIGW_RATELIMIT];
         ctx->feature[NGX_HTTP_APIGW_RATELIMIT] = rctx;
 
         if (ngx_http_apigw_rl_deny_check(rctx)) {
