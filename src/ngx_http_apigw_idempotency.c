@@ -117,7 +117,21 @@ typedef struct {
     unsigned                          overflow:1;   /* store without body */
     unsigned                          gone:1;       /* client left */
     unsigned                          replay:1;
+
+    /* the response's end, held until Redis has the completed record */
+    ngx_chain_t                      *held;
+    ngx_chain_t                      *free;     /* our buffers' links */
+    size_t                            done_off; /* the last buffer's data */
+    ngx_event_t                       release;
+    struct ngx_http_apigw_idem_op_s  *op;       /* the complete in flight */
 } ngx_http_apigw_idem_ctx_t;
+
+
+/*
+ * A free bit of r->buffered (the stock filters use 0x01-0x04): while it is
+ * set, nginx finalizes the request only once the held end has gone out.
+ */
+#define NGX_HTTP_APIGW_IDEM_BUFFERED  0x08
 
 
 /*
@@ -132,9 +146,10 @@ typedef enum {
 } ngx_http_apigw_idem_op_e;
 
 
-typedef struct {
+typedef struct ngx_http_apigw_idem_op_s {
     ngx_event_t                       retry;
     ngx_uint_t                        attempt;
+    ngx_http_apigw_idem_ctx_t        *waiter;   /* holds its end; or NULL */
     ngx_http_apigw_idem_op_e          kind;
     int                               argc;
     const char                       *argv[NGX_HTTP_APIGW_IDEM_OP_ARGS];
@@ -178,11 +193,22 @@ static ngx_int_t ngx_http_apigw_idem_capture_start(ngx_http_request_t *r,
 static void ngx_http_apigw_idem_keep(ngx_http_request_t *r,
     ngx_http_apigw_idem_ctx_t *ictx, u_char *data, size_t size);
 static void ngx_http_apigw_idem_capture(ngx_http_request_t *r,
-    ngx_http_apigw_idem_ctx_t *ictx, ngx_chain_t *in, ngx_uint_t *last);
-static void ngx_http_apigw_idem_finish(ngx_http_apigw_idem_ctx_t *ictx);
+    ngx_http_apigw_idem_ctx_t *ictx, ngx_chain_t *in, ngx_uint_t *last,
+    ngx_chain_t **done);
+static ngx_http_apigw_idem_op_t *ngx_http_apigw_idem_finish(
+    ngx_http_apigw_idem_ctx_t *ictx);
+static ngx_int_t ngx_http_apigw_idem_hold(ngx_http_request_t *r,
+    ngx_http_apigw_idem_ctx_t *ictx, ngx_http_apigw_idem_op_t *op,
+    ngx_chain_t *in, ngx_chain_t *done);
+static ngx_int_t ngx_http_apigw_idem_hold_more(ngx_http_request_t *r,
+    ngx_http_apigw_idem_ctx_t *ictx, ngx_chain_t *in);
+static void ngx_http_apigw_idem_release_handler(ngx_event_t *ev);
+static void ngx_http_apigw_idem_acked(ngx_http_apigw_idem_op_t *op,
+    ngx_uint_t stored);
 static void ngx_http_apigw_idem_drop_output(ngx_http_request_t *r);
 
-static void ngx_http_apigw_idem_settle(ngx_http_apigw_idem_ctx_t *ictx,
+static ngx_http_apigw_idem_op_t *ngx_http_apigw_idem_settle(
+    ngx_http_apigw_idem_ctx_t *ictx,
     ngx_http_apigw_idem_op_e kind, u_char *rec, size_t len);
 static void ngx_http_apigw_idem_op_send(ngx_http_apigw_idem_op_t *op);
 static void ngx_http_apigw_idem_op_retry(ngx_event_t *ev);
@@ -1109,6 +1135,16 @@ ngx_http_apigw_idem_cleanup(void *data)
 
     apigw_idem_fp_abort(&ictx->fp);
 
+    /* a complete still in flight must not wake a freed request */
+    if (ictx->op) {
+        ictx->op->waiter = NULL;
+        ictx->op = NULL;
+    }
+
+    if (ictx->release.posted) {
+        ngx_delete_posted_event(&ictx->release);
+    }
+
     if (!ictx->owes) {
         return;
     }
@@ -1597,7 +1633,7 @@ ngx_http_apigw_idem_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
     ngx_int_t                   rc;
     ngx_uint_t                  last;
-    ngx_chain_t                *cl;
+    ngx_chain_t                *cl, *done;
     ngx_http_apigw_idem_ctx_t  *ictx;
 
     if (r != r->main) {
@@ -1616,7 +1652,7 @@ ngx_http_apigw_idem_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         last = 0;
 
         if (ictx->capturing) {
-            ngx_http_apigw_idem_capture(r, ictx, in, &last);
+            ngx_http_apigw_idem_capture(r, ictx, in, &last, NULL);
 
             if (last) {
                 ngx_http_apigw_idem_finish(ictx);
@@ -1632,17 +1668,30 @@ ngx_http_apigw_idem_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return NGX_OK;
     }
 
+    if (ictx && ictx->held) {
+        /* whatever follows the held end waits behind it */
+        return ngx_http_apigw_idem_hold_more(r, ictx, in);
+    }
+
     if (in == NULL || ictx == NULL || !ictx->capturing) {
         return ngx_http_next_body_filter(r, in);
     }
 
     last = 0;
+    done = NULL;
 
-    ngx_http_apigw_idem_capture(r, ictx, in, &last);
+    ngx_http_apigw_idem_capture(r, ictx, in, &last, &done);
 
-    /* stored before the client sees the end, so its retry is a replay */
-    if (last) {
-        ngx_http_apigw_idem_finish(ictx);
+    /*
+     * Stored before the client sees the end, so a retry sent the moment
+     * the response is complete, to any node, is a replay: the end (the
+     * body's last byte, or the chunked or closing end of a body without
+     * Content-Length) waits for Redis's answer to the complete.
+     */
+    if (last || done) {
+        return ngx_http_apigw_idem_hold(r, ictx,
+                                        ngx_http_apigw_idem_finish(ictx), in,
+                                        done);
     }
 
     rc = ngx_http_next_body_filter(r, in);
@@ -1717,8 +1766,10 @@ ngx_http_apigw_idem_keep(ngx_http_request_t *r,
 
 static void
 ngx_http_apigw_idem_capture(ngx_http_request_t *r,
-    ngx_http_apigw_idem_ctx_t *ictx, ngx_chain_t *in, ngx_uint_t *last)
+    ngx_http_apigw_idem_ctx_t *ictx, ngx_chain_t *in, ngx_uint_t *last,
+    ngx_chain_t **done)
 {
+    size_t        before;
     ngx_buf_t    *b;
     ngx_chain_t  *cl;
 
@@ -1732,8 +1783,20 @@ ngx_http_apigw_idem_capture(ngx_http_request_t *r,
         if (!ictx->overflow) {
             if (ngx_buf_in_memory(b)) {
                 if (b->last > b->pos) {
+                    before = ictx->len;
+
                     ngx_http_apigw_idem_keep(r, ictx, b->pos,
                                              b->last - b->pos);
+
+                    /* the buffer with the body's last byte (Content-Length) */
+                    if (done && !ictx->overflow
+                        && r->headers_out.content_length_n > 0
+                        && ictx->len
+                           == (size_t) r->headers_out.content_length_n)
+                    {
+                        *done = cl;
+                        ictx->done_off = before;
+                    }
                 }
 
             } else if (ngx_buf_size(b)) {
@@ -1751,7 +1814,7 @@ ngx_http_apigw_idem_capture(ngx_http_request_t *r,
 }
 
 
-static void
+static ngx_http_apigw_idem_op_t *
 ngx_http_apigw_idem_finish(ngx_http_apigw_idem_ctx_t *ictx)
 {
     size_t  n;
@@ -1759,9 +1822,8 @@ ngx_http_apigw_idem_finish(ngx_http_apigw_idem_ctx_t *ictx)
     ictx->capturing = 0;
 
     if (ictx->overflow) {
-        ngx_http_apigw_idem_settle(ictx, NGX_HTTP_APIGW_IDEM_OP_NOBODY,
-                                   NULL, 0);
-        return;
+        return ngx_http_apigw_idem_settle(ictx, NGX_HTTP_APIGW_IDEM_OP_NOBODY,
+                                          NULL, 0);
     }
 
     ictx->out.body.len = ictx->len;
@@ -1770,13 +1832,229 @@ ngx_http_apigw_idem_finish(ngx_http_apigw_idem_ctx_t *ictx)
     n = apigw_idem_record_encode_head(&ictx->out, ictx->buf, ictx->head);
 
     if (n != ictx->head) {
-        ngx_http_apigw_idem_settle(ictx, NGX_HTTP_APIGW_IDEM_OP_NOBODY,
-                                   NULL, 0);
+        return ngx_http_apigw_idem_settle(ictx, NGX_HTTP_APIGW_IDEM_OP_NOBODY,
+                                          NULL, 0);
+    }
+
+    return ngx_http_apigw_idem_settle(ictx, NGX_HTTP_APIGW_IDEM_OP_FULL,
+                                      ictx->buf, ictx->head + ictx->len);
+}
+
+
+/*
+ * Passes on what comes before the last buffer and keeps the rest until
+ * the complete is answered (or fails: the response never waits longer
+ * than the Redis timeout).  The links are copied: callers such as
+ * ngx_http_send_special() pass chains on their stack.
+ */
+
+static ngx_int_t
+ngx_http_apigw_idem_hold(ngx_http_request_t *r,
+    ngx_http_apigw_idem_ctx_t *ictx, ngx_http_apigw_idem_op_t *op,
+    ngx_chain_t *in, ngx_chain_t *done)
+{
+    size_t        n;
+    u_char       *p;
+    ngx_int_t     rc;
+    ngx_buf_t    *b, *one;
+    ngx_chain_t  *cl, *out, **ll, **hl, *tail;
+
+    if (op == NULL) {
+        /* nothing sent to wait for (no memory): as before, do not wait */
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    /*
+     * What goes out now and what is held, in links of our own: the
+     * caller's links may live on its stack.  With Content-Length the held
+     * end is the body's last byte, served from the captured copy (the
+     * original buffer is consumed here and goes back to its owner);
+     * without it, the last buffer itself.
+     */
+
+    out = NULL;
+    ll = &out;
+    hl = &ictx->held;
+    tail = NULL;
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (tail == NULL && cl == done) {
+            n = b->last - b->pos;
+            p = ictx->buf + ictx->head + ictx->done_off;
+
+            if (n > 1) {
+                *ll = ngx_chain_get_free_buf(r->pool, &ictx->free);
+                if (*ll == NULL) {
+                    return NGX_ERROR;
+                }
+
+                (*ll)->buf->memory = 1;
+                (*ll)->buf->pos = p;
+                (*ll)->buf->last = p + n - 1;
+                ll = &(*ll)->next;
+            }
+
+            *hl = ngx_chain_get_free_buf(r->pool, &ictx->free);
+            if (*hl == NULL) {
+                return NGX_ERROR;
+            }
+
+            one = (*hl)->buf;
+            one->memory = 1;
+            one->pos = p + n - 1;
+            one->last = p + n;
+            one->flush = b->flush;
+            one->last_buf = b->last_buf;
+            one->last_in_chain = b->last_in_chain;
+
+            hl = &(*hl)->next;
+            tail = cl;
+
+            b->pos = b->last;
+            continue;
+        }
+
+        if (tail == NULL && done == NULL && b->last_buf) {
+            tail = cl;
+        }
+
+        if (tail == NULL) {
+            *ll = ngx_alloc_chain_link(r->pool);
+            if (*ll == NULL) {
+                return NGX_ERROR;
+            }
+
+            (*ll)->buf = b;
+            ll = &(*ll)->next;
+            continue;
+        }
+
+        *hl = ngx_alloc_chain_link(r->pool);
+        if (*hl == NULL) {
+            return NGX_ERROR;
+        }
+
+        (*hl)->buf = b;
+        hl = &(*hl)->next;
+    }
+
+    *ll = NULL;
+    *hl = NULL;
+
+    if (ictx->held == NULL) {
+        /* the end was not in this chain after all */
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    op->waiter = ictx;
+    ictx->op = op;
+
+    ictx->release.handler = ngx_http_apigw_idem_release_handler;
+    ictx->release.data = ictx;
+    ictx->release.log = r->connection->log;
+
+    r->buffered |= NGX_HTTP_APIGW_IDEM_BUFFERED;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "apigw idempotency: end of \"%V\" held for the complete",
+                   &ictx->rkey);
+
+    if (out == NULL) {
+        return NGX_AGAIN;
+    }
+
+    rc = ngx_http_next_body_filter(r, out);
+
+    return rc == NGX_ERROR ? NGX_ERROR : NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_apigw_idem_hold_more(ngx_http_request_t *r,
+    ngx_http_apigw_idem_ctx_t *ictx, ngx_chain_t *in)
+{
+    ngx_chain_t  *cl, **hl;
+
+    for (hl = &ictx->held; *hl; hl = &(*hl)->next) { /* void */ }
+
+    for (cl = in; cl; cl = cl->next) {
+        *hl = ngx_alloc_chain_link(r->pool);
+        if (*hl == NULL) {
+            return NGX_ERROR;
+        }
+
+        (*hl)->buf = cl->buf;
+        hl = &(*hl)->next;
+    }
+
+    *hl = NULL;
+
+    return NGX_AGAIN;
+}
+
+
+/* the complete's first answer, or its failure: the end may go out now */
+
+static void
+ngx_http_apigw_idem_acked(ngx_http_apigw_idem_op_t *op, ngx_uint_t stored)
+{
+    ngx_http_apigw_idem_ctx_t  *ictx;
+
+    ictx = op->waiter;
+
+    if (ictx == NULL) {
         return;
     }
 
-    ngx_http_apigw_idem_settle(ictx, NGX_HTTP_APIGW_IDEM_OP_FULL, ictx->buf,
-                               ictx->head + ictx->len);
+    op->waiter = NULL;
+    ictx->op = NULL;
+
+    if (!stored) {
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_IDEMPOTENCY_UNACKED);
+    }
+
+    /* never resume a request from inside a reply callback */
+    ngx_post_event(&ictx->release, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_apigw_idem_release_handler(ngx_event_t *ev)
+{
+    ngx_int_t                   rc;
+    ngx_chain_t                *held;
+    ngx_connection_t           *c;
+    ngx_http_request_t         *r;
+    ngx_http_apigw_idem_ctx_t  *ictx;
+
+    ictx = ev->data;
+    r = ictx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    held = ictx->held;
+    ictx->held = NULL;
+
+    r->buffered &= ~NGX_HTTP_APIGW_IDEM_BUFFERED;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "apigw idempotency: end of \"%V\" released",
+                   &ictx->rkey);
+
+    rc = ngx_http_next_body_filter(r, held);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+
+    } else {
+        /* ngx_http_writer, once the content handler is done, ends it */
+        r->write_event_handler(r);
+    }
+
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -1812,7 +2090,7 @@ ngx_http_apigw_idem_drop_output(ngx_http_request_t *r)
  * order, ahead of any request the client sends after seeing the response.
  */
 
-static void
+static ngx_http_apigw_idem_op_t *
 ngx_http_apigw_idem_settle(ngx_http_apigw_idem_ctx_t *ictx,
     ngx_http_apigw_idem_op_e kind, u_char *rec, size_t len)
 {
@@ -1884,7 +2162,7 @@ ngx_http_apigw_idem_settle(ngx_http_apigw_idem_ctx_t *ictx,
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "apigw idempotency: no memory to settle \"%V\"",
                       &ictx->rkey);
-        return;
+        return NULL;
     }
 
     ngx_memzero(op, sizeof(ngx_http_apigw_idem_op_t));
@@ -1915,6 +2193,9 @@ ngx_http_apigw_idem_settle(ngx_http_apigw_idem_ctx_t *ictx,
                    &ictx->rkey, (int) kind);
 
     ngx_http_apigw_idem_op_send(op);
+
+    /* alive still: a failed send is retried from a timer, never freed here */
+    return op;
 }
 
 
@@ -1975,6 +2256,7 @@ ngx_http_apigw_idem_op_done(void *data, ngx_http_apigw_redis_status_e status,
                               "than the upstream's run time", &key);
             }
 
+            ngx_http_apigw_idem_acked(op, 1);
             ngx_free(op);
             return;
         }
@@ -2008,11 +2290,17 @@ ngx_http_apigw_idem_op_done(void *data, ngx_http_apigw_redis_status_e status,
                       (size_t) (reply->type == REDIS_REPLY_ERROR
                                 ? reply->len : 0),
                       reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        ngx_http_apigw_idem_acked(op, 0);
         ngx_free(op);
         return;
     }
 
-    /* not connected or timed out: a retry is harmless, both are guarded */
+    /*
+     * Not connected or timed out: the response waited long enough, its
+     * end goes out now.  A retry is harmless, both scripts are guarded.
+     */
+
+    ngx_http_apigw_idem_acked(op, 0);
 
     if (op->attempt < sizeof(ngx_http_apigw_idem_backoff)
                       / sizeof(ngx_http_apigw_idem_backoff[0]))

@@ -183,6 +183,7 @@ static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_idem[] = {
 static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_settled[] = {
     { ngx_string("stored"), NGX_HTTP_APIGW_M_IDEMPOTENCY_STORED },
     { ngx_string("released"), NGX_HTTP_APIGW_M_IDEMPOTENCY_RELEASED },
+    { ngx_string("unacknowledged"), NGX_HTTP_APIGW_M_IDEMPOTENCY_UNACKED },
     NGX_HTTP_APIGW_METRICS_END
 };
 

@@ -74,6 +74,8 @@ typedef enum {
     /* apigw_idempotency_settled_total{outcome}: one per claimed key */
     NGX_HTTP_APIGW_M_IDEMPOTENCY_STORED,
     NGX_HTTP_APIGW_M_IDEMPOTENCY_RELEASED,
+    /* a response's end that went out before Redis acknowledged its record */
+    NGX_HTTP_APIGW_M_IDEMPOTENCY_UNACKED,
 
     /*
      * Below: slots filled only through the functions further down (the
