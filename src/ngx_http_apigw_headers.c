@@ -128,6 +128,41 @@ ngx_http_apigw_find_in_header(ngx_http_request_t *r,
 }
 
 
+/*
+ * Removal matches every spelling an upstream could take for the same name:
+ * any case, and "_" for "-" (with underscores_in_headers on, X_Apigw_Tenant
+ * reaches a CGI-style upstream as HTTP_X_APIGW_TENANT, as X-Apigw-Tenant
+ * does).
+ */
+static ngx_inline ngx_uint_t
+ngx_http_apigw_header_like(ngx_table_elt_t *h,
+    const ngx_http_apigw_header_name_t *name)
+{
+    u_char   c, *k;
+    size_t   i;
+
+    if (h->key.len != name->lowcase.len) {
+        return 0;
+    }
+
+    k = h->lowcase_key ? h->lowcase_key : h->key.data;
+
+    for (i = 0; i < name->lowcase.len; i++) {
+        c = ngx_tolower(k[i]);
+
+        if (c == '_') {
+            c = '-';
+        }
+
+        if (c != name->lowcase.data[i]) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 static ngx_uint_t
 ngx_http_apigw_header_in(ngx_table_elt_t *h,
     const ngx_http_apigw_header_name_t *const *names, ngx_uint_t n)
@@ -135,7 +170,7 @@ ngx_http_apigw_header_in(ngx_table_elt_t *h,
     ngx_uint_t  k;
 
     for (k = 0; k < n; k++) {
-        if (ngx_http_apigw_header_is(h, names[k])) {
+        if (ngx_http_apigw_header_like(h, names[k])) {
             return 1;
         }
     }
@@ -246,6 +281,18 @@ ngx_http_apigw_add_in_header(ngx_http_request_t *r,
     const ngx_http_apigw_header_name_t *name, ngx_str_t *value)
 {
     ngx_table_elt_t  *h;
+
+    /*
+     * nginx never initialises the list of an HTTP/0.9 request, which has
+     * no headers; the upstream still gets ours.
+     */
+    if (r->headers_in.headers.nalloc == 0
+        && ngx_list_init(&r->headers_in.headers, r->pool, 4,
+                         sizeof(ngx_table_elt_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     h = ngx_list_push(&r->headers_in.headers);
     if (h == NULL) {
