@@ -10,7 +10,10 @@ NGX_SRC ?= /usr/share/nginx/src
 
 DEBS := nginx nginx-dev libhiredis-dev libjansson-dev libssl-dev \
         libcmocka-dev redis-server redis-tools python3-pytest \
-        python3-requests python3-redis gcc make curl faketime
+        python3-requests python3-redis gcc make curl faketime \
+        libnginx-mod-http-perl libnginx-mod-http-geoip \
+        libnginx-mod-http-image-filter libnginx-mod-http-xslt-filter \
+        libnginx-mod-mail libnginx-mod-stream libnginx-mod-stream-geoip
 
 CORE_SRCS  := $(sort $(wildcard src/core/*.c))
 CORE_HDRS  := $(wildcard src/core/*.h)

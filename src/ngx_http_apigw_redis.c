@@ -400,6 +400,13 @@ ngx_http_apigw_redis_init_process(ngx_cycle_t *cycle,
     rc->conf = rcf;
     rc->backoff = NGX_HTTP_APIGW_REDIS_BACKOFF_MIN;
 
+    /*
+     * The cached time is the one the master forked us with: other modules'
+     * init_process (perl, geoip...) may have taken tens of milliseconds
+     * since, and a connect timer armed from it would fire at once.
+     */
+    ngx_time_update();
+
     ngx_http_apigw_redis_connect();
 
     return NGX_OK;
