@@ -44,6 +44,7 @@ typedef void (*ngx_http_apigw_detach_pt)(void *data);
 struct ngx_http_apigw_ctx_s {
     ngx_http_request_t           *request;
     ngx_str_t                     request_id;
+    ngx_table_elt_t              *request_id_out;  /* the response's */
 
     /* an error raised by a phase handler, rendered by the header filter */
     ngx_int_t                     error;        /* apigw_err_id_t or -1 */

@@ -137,11 +137,11 @@ ngx_http_apigw_request_id_header(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (ngx_http_apigw_set_out_header(r,
+    ctx->request_id_out = ngx_http_apigw_set_out_header(r,
             &ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_REQUEST_ID)->key,
-            &ctx->request_id)
-        == NULL)
-    {
+            &ctx->request_id);
+
+    if (ctx->request_id_out == NULL) {
         return NGX_ERROR;
     }
 
