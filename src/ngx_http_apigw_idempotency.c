@@ -61,6 +61,7 @@ typedef struct {
     size_t                      max_body;
     ngx_http_complex_value_t   *scope;
     ngx_uint_t                  fail;
+    ngx_str_t                   ns;             /* records' namespace */
 } ngx_http_apigw_idem_loc_conf_t;
 
 
@@ -161,6 +162,8 @@ static ngx_int_t ngx_http_apigw_idem_init(ngx_conf_t *cf);
 static void *ngx_http_apigw_idem_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_apigw_idem_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static ngx_int_t ngx_http_apigw_idem_default_ns(ngx_conf_t *cf,
+    ngx_str_t *ns);
 
 static ngx_int_t ngx_http_apigw_idem_stage(ngx_http_request_t *r,
     ngx_http_apigw_ctx_t *ctx);
@@ -291,6 +294,13 @@ static ngx_command_t  ngx_http_apigw_idem_commands[] = {
       ngx_http_set_complex_value_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_apigw_idem_loc_conf_t, scope),
+      NULL },
+
+    { ngx_string("apigw_idempotency_namespace"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_apigw_idem_loc_conf_t, ns),
       NULL },
 
     { ngx_string("apigw_idempotency_fail"),
@@ -428,6 +438,84 @@ ngx_http_apigw_idem_create_loc_conf(ngx_conf_t *cf)
 }
 
 
+/*
+ * Records do not cross server blocks unless configured to: two services
+ * behind one nginx would otherwise replay each other's responses.  The
+ * default namespace names the server block by what every node of a
+ * deployment has in common, its configuration: its first server_name
+ * ("srv:api.example.com", so its http and https blocks, and nodes on other
+ * ports, share), or for a block without one the ports it listens on
+ * ("srv::8080,8081").
+ */
+
+static ngx_int_t
+ngx_http_apigw_idem_default_ns(ngx_conf_t *cf, ngx_str_t *ns)
+{
+    u_char                     *p, *last;
+    ngx_uint_t                  i, j, k, n;
+    in_port_t                   seen[32];
+    ngx_http_conf_port_t       *port;
+    ngx_http_conf_addr_t       *addr;
+    ngx_http_core_srv_conf_t   *cscf, **servers;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    n = 0;
+
+    if (cscf->server_name.len == 0 && cmcf->ports) {
+        port = cmcf->ports->elts;
+
+        for (i = 0; i < cmcf->ports->nelts && n < 32; i++) {
+            addr = port[i].addrs.elts;
+
+            for (j = 0; j < port[i].addrs.nelts; j++) {
+                servers = addr[j].servers.elts;
+
+                for (k = 0; k < addr[j].servers.nelts; k++) {
+                    if (servers[k] == cscf) {
+                        break;
+                    }
+                }
+
+                if (k < addr[j].servers.nelts) {
+                    for (k = 0; k < n && seen[k] != port[i].port; k++) {
+                        /* void */
+                    }
+
+                    if (k == n) {
+                        seen[n++] = port[i].port;
+                    }
+
+                    break;
+                }
+            }
+        }
+    }
+
+    ns->len = sizeof("srv:") - 1 + cscf->server_name.len
+              + n * (sizeof(":65535") - 1);
+    ns->data = ngx_pnalloc(cf->pool, ns->len);
+    if (ns->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    last = ns->data + ns->len;
+
+    p = ngx_cpymem(ns->data, "srv:", sizeof("srv:") - 1);
+    p = ngx_cpymem(p, cscf->server_name.data, cscf->server_name.len);
+
+    for (i = 0; i < n; i++) {
+        p = ngx_slprintf(p, last, "%c%d", i ? ',' : ':', (int) seen[i]);
+    }
+
+    ns->len = p - ns->data;
+
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_apigw_idem_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
@@ -447,6 +535,16 @@ ngx_http_apigw_idem_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->scope, prev->scope, NULL);
     ngx_conf_merge_uint_value(conf->fail, prev->fail,
                               NGX_HTTP_APIGW_IDEM_FAIL_CLOSED);
+
+    if (conf->ns.data == NULL) {
+        conf->ns = prev->ns;
+    }
+
+    if (conf->ns.data == NULL && conf->enable
+        && ngx_http_apigw_idem_default_ns(cf, &conf->ns) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->ttl == 0 || conf->lock_ttl == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -561,7 +659,7 @@ ngx_http_apigw_idem_start(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
     ngx_int_t                   rc;
     ngx_uint_t                  copies;
     ngx_str_t                   scope, tenant;
-    apigw_str_t                 key, prefix, ns;
+    apigw_str_t                 key, prefix, ns, space;
     ngx_table_elt_t            *h;
     ngx_pool_cleanup_t         *cln;
     ngx_http_apigw_idem_ctx_t  *ictx;
@@ -641,8 +739,11 @@ ngx_http_apigw_idem_start(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    ictx->rkey.len = apigw_idem_redis_key(&prefix, &ns, &key,
-                                          ictx->rkey.data, n);
+    space.len = ilcf->ns.len;
+    space.data = ilcf->ns.data;
+
+    ictx->rkey.len = apigw_idem_redis_key_ns(&prefix, &ns, &space, &key,
+                                             ictx->rkey.data, n);
 
     if (ictx->rkey.len == 0 || apigw_idem_owner_token(ictx->owner) != 0) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,

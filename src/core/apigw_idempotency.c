@@ -765,6 +765,52 @@ size_t
 apigw_idem_redis_key(const apigw_str_t *prefix, const apigw_str_t *tenant,
     const apigw_str_t *key, unsigned char *out, size_t size)
 {
+    apigw_str_t  none = { 0, NULL };
+
+    return apigw_idem_redis_key_ns(prefix, tenant, &none, key, out, size);
+}
+
+
+static int
+apigw_idem_key_digest(const apigw_str_t *ns, const apigw_str_t *key,
+    unsigned char *d, unsigned int *dn)
+{
+    int             ok;
+    size_t          i;
+    EVP_MD_CTX     *md;
+    unsigned char   len[8];
+
+    if (ns->len == 0) {
+        return EVP_Digest(key->data, key->len, d, dn, EVP_sha256(), NULL)
+               == 1 ? 0 : -1;
+    }
+
+    for (i = 0; i < 8; i++) {
+        len[i] = (unsigned char) ((uint64_t) ns->len >> (56 - 8 * i));
+    }
+
+    md = EVP_MD_CTX_new();
+    if (md == NULL) {
+        return -1;
+    }
+
+    ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1
+         && EVP_DigestUpdate(md, len, sizeof(len)) == 1
+         && EVP_DigestUpdate(md, ns->data, ns->len) == 1
+         && EVP_DigestUpdate(md, key->data, key->len) == 1
+         && EVP_DigestFinal_ex(md, d, dn) == 1;
+
+    EVP_MD_CTX_free(md);
+
+    return ok ? 0 : -1;
+}
+
+
+size_t
+apigw_idem_redis_key_ns(const apigw_str_t *prefix, const apigw_str_t *tenant,
+    const apigw_str_t *ns, const apigw_str_t *key, unsigned char *out,
+    size_t size)
+{
     size_t          n;
     unsigned int    dn;
     unsigned char  *p, d[EVP_MAX_MD_SIZE];
@@ -778,7 +824,7 @@ apigw_idem_redis_key(const apigw_str_t *prefix, const apigw_str_t *tenant,
 
     dn = 0;
 
-    if (EVP_Digest(key->data, key->len, d, &dn, EVP_sha256(), NULL) != 1
+    if (apigw_idem_key_digest(ns, key, d, &dn) != 0
         || dn != APIGW_IDEM_FP_HEX / 2)
     {
         return 0;

@@ -186,6 +186,16 @@ size_t apigw_idem_redis_key(const apigw_str_t *prefix,
     unsigned char *out, size_t size);
 
 /*
+ * The same, in a namespace (a service: by default one nginx server block):
+ * the digest becomes sha256(8-byte big-endian length of ns, ns, key), so
+ * no two (namespace, key) pairs share a record, whatever bytes they hold.
+ * An empty namespace gives apigw_idem_redis_key()'s name.
+ */
+size_t apigw_idem_redis_key_ns(const apigw_str_t *prefix,
+    const apigw_str_t *tenant, const apigw_str_t *ns, const apigw_str_t *key,
+    unsigned char *out, size_t size);
+
+/*
  * A lock owner token: APIGW_IDEM_OWNER_LEN lowercase hex characters from a
  * CSPRNG, plus NUL.  Returns 0, or -1 when randomness failed.
  */

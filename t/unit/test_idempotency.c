@@ -706,6 +706,49 @@ test_storable(void **state)
 /* Redis key names and owner tokens */
 
 static void
+test_redis_key_namespace(void **state)
+{
+    size_t          i, j, n;
+    unsigned char   out[4][256];
+    apigw_str_t     prefix = apigw_string("apigw:");
+    apigw_str_t     tenant = apigw_string("acme");
+    apigw_str_t     key = apigw_string("abc");
+    apigw_str_t     none = apigw_null_string;
+    apigw_str_t     ns[4] = { apigw_string("srv:a"), apigw_string("srv:b"),
+                              apigw_string("srv:ab"), apigw_string("srv:") };
+    apigw_str_t     k2 = apigw_string("c");
+
+    /* an empty namespace is the name of old: records stay readable */
+    n = apigw_idem_redis_key_ns(&prefix, &tenant, &none, &key, out[0],
+                                sizeof(out[0]));
+    assert_int_equal(n, apigw_idem_redis_key_len(prefix.len, tenant.len));
+    assert_memory_equal(out[0] + 18, "ba7816bf8f01cfea", 16);
+
+    /* distinct namespaces never share a record, tenant tag kept */
+    for (i = 0; i < 4; i++) {
+        assert_int_equal(apigw_idem_redis_key_ns(&prefix, &tenant, &ns[i],
+                                                 &key, out[i],
+                                                 sizeof(out[i])), n);
+        assert_memory_equal(out[i], "apigw:idem:{acme}:", 18);
+        assert_memory_not_equal(out[i] + 18, "ba7816bf8f01cfea", 16);
+
+        for (j = 0; j < i; j++) {
+            assert_memory_not_equal(out[i], out[j], n);
+        }
+    }
+
+    /* the length prefix: ("srv:ab", "c") is not ("srv:a", "bc") */
+    apigw_str_t  bc = apigw_string("bc");
+
+    apigw_idem_redis_key_ns(&prefix, &tenant, &ns[2], &k2, out[0],
+                            sizeof(out[0]));
+    apigw_idem_redis_key_ns(&prefix, &tenant, &ns[0], &bc, out[1],
+                            sizeof(out[1]));
+    assert_memory_not_equal(out[0], out[1], n);
+}
+
+
+static void
 test_redis_key(void **state)
 {
     size_t          n;
@@ -789,6 +832,7 @@ main(void)
         cmocka_unit_test(test_header_replayable),
         cmocka_unit_test(test_storable),
         cmocka_unit_test(test_redis_key),
+        cmocka_unit_test(test_redis_key_namespace),
         cmocka_unit_test(test_owner_token),
         cmocka_unit_test(test_scripts_present),
     };
