@@ -1,6 +1,14 @@
 /*
  * The API-key lookup cache in shared memory: an rbtree keyed by the key's
- * SHA-256 and an LRU queue, in the manner of limit_req's zone.
+ * SHA-256 and LRU queues, in the manner of limit_req's zone.
+ *
+ * Records and negative entries live apart.  Anyone can send unknown keys,
+ * as many as they like, without holding a valid one: negative entries are
+ * capped at a quarter of the zone and evict only each other, so a spray of
+ * random keys can never push a good key's record out (and with it the
+ * record stale_if_error would serve during an outage).  A record that
+ * needs room takes it from negative entries first, then from the least
+ * recently used records.
  */
 
 #include "ngx_http_apigw_auth_cache.h"
@@ -21,10 +29,18 @@ typedef struct {
 } ngx_http_apigw_auth_cache_node_t;
 
 
+/* a record's (or a negative entry's) eviction round: entries at most */
+#define NGX_HTTP_APIGW_CACHE_EVICT  8
+#define NGX_HTTP_APIGW_CACHE_ROUNDS 16
+
+
 typedef struct {
     ngx_rbtree_t        rbtree;
     ngx_rbtree_node_t   sentinel;
-    ngx_queue_t         queue;
+    ngx_queue_t         queue;          /* records, most recent first */
+    ngx_queue_t         negative;       /* negative entries, likewise */
+    ngx_uint_t          nnegative;
+    ngx_uint_t          negative_max;   /* a quarter of the zone's room */
 } ngx_http_apigw_auth_cache_sh_t;
 
 
@@ -131,6 +147,16 @@ ngx_http_apigw_auth_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
                     ngx_http_apigw_auth_cache_insert_value);
 
     ngx_queue_init(&zone->sh->queue);
+    ngx_queue_init(&zone->sh->negative);
+
+    /* a negative entry is a fixed-size node: the slab rounds it to 2^n */
+    for (len = 8;
+         len < offsetof(ngx_rbtree_node_t, color)
+               + offsetof(ngx_http_apigw_auth_cache_node_t, data);
+         len <<= 1)
+    { /* void */ }
+
+    zone->sh->negative_max = shm_zone->shm.size / 4 / len;
 
     len = sizeof(" in apigw_auth_cache zone \"\"") + shm_zone->shm.name.len;
 
@@ -344,6 +370,10 @@ ngx_http_apigw_auth_cache_delete(ngx_http_apigw_auth_cache_zone_t *zone,
 
     cn = (ngx_http_apigw_auth_cache_node_t *) &node->color;
 
+    if (cn->negative) {
+        zone->sh->nnegative--;
+    }
+
     ngx_queue_remove(&cn->queue);
     ngx_rbtree_delete(&zone->sh->rbtree, node);
     ngx_slab_free_locked(zone->shpool, node);
@@ -419,7 +449,9 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
     }
 
     ngx_queue_remove(&cn->queue);
-    ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
+    ngx_queue_insert_head(cn->negative ? &zone->sh->negative
+                                       : &zone->sh->queue,
+                          &cn->queue);
 
     if (cn->negative) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -467,22 +499,74 @@ ngx_http_apigw_auth_cache_get(ngx_http_apigw_auth_cache_t *cache,
 }
 
 
-static void
+/* evicts up to n of the least recently used entries of one queue */
+
+static ngx_uint_t
 ngx_http_apigw_auth_cache_evict(ngx_http_apigw_auth_cache_zone_t *zone,
-    ngx_uint_t n)
+    ngx_queue_t *queue, ngx_uint_t n)
 {
+    ngx_uint_t                         evicted;
     ngx_queue_t                       *q;
     ngx_rbtree_node_t                 *node;
     ngx_http_apigw_auth_cache_node_t  *cn;
 
-    while (n-- && !ngx_queue_empty(&zone->sh->queue)) {
-        q = ngx_queue_last(&zone->sh->queue);
+    evicted = 0;
+
+    while (n-- && !ngx_queue_empty(queue)) {
+        q = ngx_queue_last(queue);
         cn = ngx_queue_data(q, ngx_http_apigw_auth_cache_node_t, queue);
         node = (ngx_rbtree_node_t *)
                    ((u_char *) cn - offsetof(ngx_rbtree_node_t, color));
 
         ngx_http_apigw_auth_cache_delete(zone, node);
+        evicted++;
     }
+
+    return evicted;
+}
+
+
+/*
+ * Room for a new entry: a negative one only ever takes it from other
+ * negative ones; a record from negative entries first, then from records.
+ * Bounded: a zone too fragmented to fit the entry after that many rounds
+ * simply does not cache it.
+ */
+
+static ngx_rbtree_node_t *
+ngx_http_apigw_auth_cache_alloc(ngx_http_apigw_auth_cache_zone_t *zone,
+    size_t size, ngx_uint_t negative)
+{
+    ngx_uint_t          round;
+    ngx_rbtree_node_t  *node;
+
+    if (negative && zone->sh->nnegative >= zone->sh->negative_max) {
+        (void) ngx_http_apigw_auth_cache_evict(zone, &zone->sh->negative, 1);
+    }
+
+    for (round = 0; round < NGX_HTTP_APIGW_CACHE_ROUNDS; round++) {
+
+        node = ngx_slab_alloc_locked(zone->shpool, size);
+        if (node) {
+            return node;
+        }
+
+        if (ngx_http_apigw_auth_cache_evict(zone, &zone->sh->negative,
+                                            NGX_HTTP_APIGW_CACHE_EVICT))
+        {
+            continue;
+        }
+
+        if (negative
+            || ngx_http_apigw_auth_cache_evict(zone, &zone->sh->queue,
+                                               NGX_HTTP_APIGW_CACHE_EVICT)
+               == 0)
+        {
+            break;
+        }
+    }
+
+    return NULL;
 }
 
 
@@ -534,17 +618,11 @@ ngx_http_apigw_auth_cache_put(ngx_http_apigw_auth_cache_t *cache,
         ngx_http_apigw_auth_cache_delete(zone, node);
     }
 
-    node = ngx_slab_alloc_locked(zone->shpool, size);
+    node = ngx_http_apigw_auth_cache_alloc(zone, size, rec == NULL);
 
     if (node == NULL) {
-        /* full: the least recently used entries make room */
-        ngx_http_apigw_auth_cache_evict(zone, 8);
-
-        node = ngx_slab_alloc_locked(zone->shpool, size);
-        if (node == NULL) {
-            ngx_shmtx_unlock(&zone->shpool->mutex);
-            return;
-        }
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return;
     }
 
     node->key = hash;
@@ -572,7 +650,14 @@ ngx_http_apigw_auth_cache_put(ngx_http_apigw_auth_cache_t *cache,
     }
 
     ngx_rbtree_insert(&zone->sh->rbtree, node);
-    ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
+
+    if (rec) {
+        ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
+
+    } else {
+        ngx_queue_insert_head(&zone->sh->negative, &cn->queue);
+        zone->sh->nnegative++;
+    }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
