@@ -98,6 +98,20 @@ run: deps
 clean:
 	rm -rf $(BUILD)
 
+# nginx's own test suite (../shared/nginx-tests, see its run.sh) against
+# Debian's nginx, without and with apigw: `nginx-tests` with `apigw on` and
+# the differences listed in t/nginx-tests.expected, `nginx-tests-off` with
+# the module loaded and off, where nothing may differ.  About 8 minutes
+# each on 2 cores.
+SHARED ?= $(CURDIR)/../shared
+.PHONY: nginx-tests nginx-tests-off
+
+nginx-tests: build
+	bash $(SHARED)/nginx-tests/run.sh $(MODULE) t/nginx-tests.expected
+
+nginx-tests-off: build
+	APIGW_HTTP="apigw off;" bash $(SHARED)/nginx-tests/run.sh $(MODULE)
+
 # Benchmark (not part of `make test`): see bench/README.md.  The script
 # installs what it needs (wrk, the Lua peer's packages) and runs make build.
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="-d 2 -r 1 --workers 1".

@@ -307,6 +307,12 @@ ngx_http_apigw_auth_reply(ngx_http_request_t *r, ngx_http_apigw_ctx_t *ctx,
         return;
     }
 
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* logged with its text (rate-limited) and counted by the client */
+        actx->state = NGX_HTTP_APIGW_AUTH_UNAVAILABLE;
+        return;
+    }
+
     if (reply->type != REDIS_REPLY_ARRAY
         || reply->elements != NGX_HTTP_APIGW_KEY_FIELDS)
     {

@@ -207,6 +207,21 @@ static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_reconn_s[] = {
     NGX_HTTP_APIGW_METRICS_END
 };
 
+static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_err_class[] = {
+    { ngx_string("transient"), NGX_HTTP_APIGW_M_REDIS_ERR_TRANSIENT },
+    { ngx_string("readonly"), NGX_HTTP_APIGW_M_REDIS_ERR_READONLY },
+    { ngx_string("redirect"), NGX_HTTP_APIGW_M_REDIS_ERR_REDIRECT },
+    { ngx_string("noscript"), NGX_HTTP_APIGW_M_REDIS_ERR_NOSCRIPT },
+    { ngx_string("auth"), NGX_HTTP_APIGW_M_REDIS_ERR_AUTH },
+    { ngx_string("other"), NGX_HTTP_APIGW_M_REDIS_ERR_OTHER },
+    NGX_HTTP_APIGW_METRICS_END
+};
+
+static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_not_primary[] = {
+    { ngx_null_string, NGX_HTTP_APIGW_M_REDIS_NOT_PRIMARY },
+    NGX_HTTP_APIGW_METRICS_END
+};
+
 static ngx_http_apigw_metrics_series_t  ngx_http_apigw_metrics_rl_calls_s[] = {
     { ngx_null_string, NGX_HTTP_APIGW_M_RATELIMIT_CALLS },
     NGX_HTTP_APIGW_METRICS_END
@@ -275,6 +290,18 @@ static ngx_http_apigw_metrics_family_t  ngx_http_apigw_metrics_families[] = {
     { "apigw_redis_timeouts_total",
       "Redis commands not answered within the timeout of apigw_redis.",
       NULL, ngx_http_apigw_metrics_timeouts_s },
+
+    { "apigw_redis_error_replies_total",
+      "Redis error replies by class: transient (LOADING, BUSY, TRYAGAIN, "
+      "CLUSTERDOWN, MASTERDOWN), readonly (the node became a replica: "
+      "apigw reconnects), redirect (MOVED, ASK), noscript, auth (NOAUTH, "
+      "WRONGPASS, NOPERM) and other (OOM, WRONGTYPE, ...).",
+      "class", ngx_http_apigw_metrics_err_class },
+
+    { "apigw_redis_not_primary_total",
+      "Connections dropped because ROLE said the node is not a primary "
+      "(apigw writes to primaries only).",
+      NULL, ngx_http_apigw_metrics_not_primary },
 
     { "apigw_redis_reconnects_total",
       "Redis connections restored after a connection was lost or "

@@ -39,6 +39,15 @@ typedef enum {
     NGX_HTTP_APIGW_M_REDIS_ERRORS,
     NGX_HTTP_APIGW_M_REDIS_TIMEOUTS,
     NGX_HTTP_APIGW_M_REDIS_RECONNECTS,
+    /* apigw_redis_error_replies_total{class}: apigw_redis_err_class_t */
+    NGX_HTTP_APIGW_M_REDIS_ERR_TRANSIENT,
+    NGX_HTTP_APIGW_M_REDIS_ERR_READONLY,
+    NGX_HTTP_APIGW_M_REDIS_ERR_REDIRECT,
+    NGX_HTTP_APIGW_M_REDIS_ERR_NOSCRIPT,
+    NGX_HTTP_APIGW_M_REDIS_ERR_AUTH,
+    NGX_HTTP_APIGW_M_REDIS_ERR_OTHER,
+    /* connections dropped because the node was not a primary */
+    NGX_HTTP_APIGW_M_REDIS_NOT_PRIMARY,
 
     /* apigw_auth_cache_lookups_total{outcome} */
     NGX_HTTP_APIGW_M_AUTH_CACHE_HIT,

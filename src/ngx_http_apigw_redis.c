@@ -21,6 +21,7 @@
 
 #include "ngx_http_apigw_redis.h"
 #include "ngx_http_apigw_metrics.h"
+#include "apigw_redis_error.h"
 
 
 #define NGX_HTTP_APIGW_REDIS_DEFAULT_PORT     6379
@@ -121,6 +122,7 @@ static void ngx_http_apigw_redis_fail_later(
     ngx_http_apigw_redis_call_t *call);
 static void ngx_http_apigw_redis_fail_handler(ngx_event_t *ev);
 static void ngx_http_apigw_redis_timeout_handler(ngx_event_t *ev);
+static ngx_uint_t ngx_http_apigw_redis_error_reply(redisReply *reply);
 static ngx_uint_t ngx_http_apigw_redis_unsupported(const char *cmd,
     size_t len);
 
@@ -158,6 +160,20 @@ ngx_http_apigw_redis_conf(ngx_conf_t *cf, ngx_http_apigw_redis_conf_t *rcf)
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "username=", 9) == 0) {
+            rcf->username.data = value[i].data + 9;
+            rcf->username.len = value[i].len - 9;
+
+            if (rcf->username.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "empty \"username=\" in \"%V\"",
+                                   &value[0]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
 
         if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
             rcf->password.data = value[i].data + 9;
@@ -218,8 +234,16 @@ ngx_http_apigw_redis_conf(ngx_conf_t *cf, ngx_http_apigw_redis_conf_t *rcf)
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\" in \"%V\"; expected "
-                           "password=, db=, prefix=, connect_timeout= "
-                           "or timeout=", &value[i], &value[0]);
+                           "username=, password=, db=, prefix=, "
+                           "connect_timeout= or timeout=", &value[i],
+                           &value[0]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->username.len && rcf->password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"username=\" needs \"password=\" in \"%V\"",
+                           &value[0]);
         return NGX_CONF_ERROR;
     }
 
@@ -518,10 +542,11 @@ ngx_http_apigw_redis_connected(void)
 static void
 ngx_http_apigw_redis_connect(void)
 {
+    int                           n;
     void                         *last;
-    size_t                        argvlen[2];
+    size_t                        argvlen[3];
     ngx_log_t                    *log;
-    const char                   *argv[2];
+    const char                   *argv[3];
     redisAsyncContext            *ac;
     ngx_connection_t             *c;
     ngx_http_apigw_redis_t       *rc;
@@ -587,22 +612,31 @@ ngx_http_apigw_redis_connect(void)
     /*
      * The handshake goes first into the output buffer, so callers' commands
      * queued while connecting are pipelined behind it and never run
-     * unauthenticated or on the wrong database.  Its last reply (a PING's
-     * when there is neither AUTH nor SELECT) proves Redis is answering,
-     * not just that the kernel accepted the connection: only that makes
-     * the connection ready and resets the backoff.
+     * unauthenticated or on the wrong database.  Its last reply, ROLE's,
+     * proves Redis is answering (not just that the kernel accepted the
+     * connection) and that the node is a primary: only that makes the
+     * connection ready and resets the backoff.  A replica (an old primary
+     * after a failover, a name that points at the wrong node) is dropped
+     * before anything is written to it; the calls queued behind fail.
      */
 
     last = &ngx_http_apigw_redis_handshake_last;
 
     if (rcf->password.len) {
-        argv[0] = "AUTH";
-        argvlen[0] = 4;
-        argv[1] = (const char *) rcf->password.data;
-        argvlen[1] = rcf->password.len;
+        n = 0;
+        argv[n] = "AUTH";
+        argvlen[n++] = 4;
+
+        if (rcf->username.len) {
+            argv[n] = (const char *) rcf->username.data;
+            argvlen[n++] = rcf->username.len;
+        }
+
+        argv[n] = (const char *) rcf->password.data;
+        argvlen[n++] = rcf->password.len;
 
         if (redisAsyncCommandArgv(ac, ngx_http_apigw_redis_handshake_cb,
-                                  rcf->db ? NULL : last, 2, argv, argvlen)
+                                  NULL, n, argv, argvlen)
             != REDIS_OK)
         {
             goto failed;
@@ -616,23 +650,21 @@ ngx_http_apigw_redis_connect(void)
         argvlen[1] = ngx_sprintf(db, "%i", rcf->db) - db;
 
         if (redisAsyncCommandArgv(ac, ngx_http_apigw_redis_handshake_cb,
-                                  last, 2, argv, argvlen)
+                                  NULL, 2, argv, argvlen)
             != REDIS_OK)
         {
             goto failed;
         }
     }
 
-    if (rcf->password.len == 0 && rcf->db == 0) {
-        argv[0] = "PING";
-        argvlen[0] = 4;
+    argv[0] = "ROLE";
+    argvlen[0] = 4;
 
-        if (redisAsyncCommandArgv(ac, ngx_http_apigw_redis_handshake_cb,
-                                  last, 1, argv, argvlen)
-            != REDIS_OK)
-        {
-            goto failed;
-        }
+    if (redisAsyncCommandArgv(ac, ngx_http_apigw_redis_handshake_cb,
+                              last, 1, argv, argvlen)
+        != REDIS_OK)
+    {
+        goto failed;
     }
 
     ngx_add_timer(&rc->connect_timer, rcf->connect_timeout);
@@ -673,6 +705,32 @@ ngx_http_apigw_redis_handshake_cb(redisAsyncContext *ac, void *r,
     }
 
     if (privdata != &ngx_http_apigw_redis_handshake_last) {
+        return;
+    }
+
+    /* ROLE: ["master", offset, replicas] on a primary */
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 1
+        || reply->element[0]->type != REDIS_REPLY_STRING
+        || reply->element[0]->len != 6
+        || ngx_strncmp(reply->element[0]->str, "master", 6) != 0)
+    {
+        ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_REDIS_NOT_PRIMARY);
+
+        p = ngx_snprintf(rc->reason, sizeof(rc->reason) - 1,
+                         "not a primary (ROLE: %*s), not used",
+                         (reply->type == REDIS_REPLY_ARRAY
+                          && reply->elements
+                          && reply->element[0]->type == REDIS_REPLY_STRING)
+                         ? reply->element[0]->len : 1,
+                         (reply->type == REDIS_REPLY_ARRAY
+                          && reply->elements
+                          && reply->element[0]->type == REDIS_REPLY_STRING)
+                         ? reply->element[0]->str : "?");
+        *p = '\0';
+
+        ngx_http_apigw_redis_drop((const char *) rc->reason);
         return;
     }
 
@@ -1218,6 +1276,7 @@ ngx_http_apigw_redis_submit(ngx_http_apigw_redis_call_t *call,
 static void
 ngx_http_apigw_redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
+    ngx_uint_t                        readonly;
     redisReply                       *reply;
     ngx_http_apigw_redis_t           *rc;
     ngx_http_apigw_redis_call_t      *call;
@@ -1259,6 +1318,13 @@ ngx_http_apigw_redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
         ngx_del_timer(&call->timer);
     }
 
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        readonly = ngx_http_apigw_redis_error_reply(reply);
+
+    } else {
+        readonly = 0;
+    }
+
     /* also for a call whose caller gave up: Redis took that long */
     if (reply) {
         ngx_http_apigw_metric_observe_redis_latency(ngx_current_msec
@@ -1279,6 +1345,57 @@ ngx_http_apigw_redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     }
 
     ngx_free(call);
+
+    /*
+     * READONLY: the node was demoted under us (a failover).  Reconnecting
+     * asks ROLE again: a primary behind the same address is used at once,
+     * a replica is refused and retried with backoff, so no write is sent
+     * to a replica for longer than one call.
+     */
+    if (readonly && rc->ac == ac && !rc->exiting) {
+        ngx_http_apigw_redis_drop("the node is a replica now (READONLY)");
+    }
+}
+
+
+/*
+ * Every error reply is counted by class and logged with Redis's own text,
+ * at most one line per class per second per worker: an outage of one kind
+ * must not flood the log.  Returns 1 for READONLY.
+ */
+
+static ngx_uint_t
+ngx_http_apigw_redis_error_reply(redisReply *reply)
+{
+    ngx_msec_t                 now;
+    apigw_redis_err_class_t    cls;
+
+    static ngx_msec_t          logged[APIGW_REDIS_ERR__COUNT];
+    static ngx_uint_t          skipped[APIGW_REDIS_ERR__COUNT];
+
+    cls = apigw_redis_error_class(reply->str, reply->len);
+
+    ngx_http_apigw_metric_inc(NGX_HTTP_APIGW_M_REDIS_ERR_TRANSIENT + cls);
+
+    /* NOSCRIPT is handled (the script is sent whole): not worth a line */
+    if (cls != APIGW_REDIS_ERR_NOSCRIPT) {
+        now = ngx_current_msec;
+
+        if (logged[cls] == 0 || now - logged[cls] >= 1000) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "redis error reply (%s): %*s%s",
+                          apigw_redis_error_class_name(cls),
+                          (size_t) ngx_min(reply->len, 256), reply->str,
+                          skipped[cls] ? " (and more like it)" : "");
+            logged[cls] = now ? now : 1;
+            skipped[cls] = 0;
+
+        } else {
+            skipped[cls]++;
+        }
+    }
+
+    return cls == APIGW_REDIS_ERR_READONLY;
 }
 
 

@@ -17,6 +17,7 @@ typedef struct {
     ngx_str_t       host;            /* numeric address, resolved at config */
     in_port_t       port;
     ngx_str_t       unix_path;       /* non-empty for unix: sockets */
+    ngx_str_t       username;        /* ACL user; empty: AUTH password */
     ngx_str_t       password;
     ngx_int_t       db;
     ngx_str_t       prefix;          /* prepended to every key; "apigw:" */

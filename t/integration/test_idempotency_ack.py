@@ -26,6 +26,8 @@ client_max_body_size 2m;
 
 server {
     listen 127.0.0.1:{port};
+    # one service on two nodes (on two ports here): they share records
+    server_name api.test;
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";

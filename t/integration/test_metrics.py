@@ -320,6 +320,8 @@ FAMILIES = {
     "apigw_redis_errors_total": "counter",
     "apigw_redis_timeouts_total": "counter",
     "apigw_redis_reconnects_total": "counter",
+    "apigw_redis_error_replies_total": "counter",
+    "apigw_redis_not_primary_total": "counter",
     "apigw_redis_latency_seconds": "histogram",
 }
 
