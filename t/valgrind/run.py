@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """make test-valgrind: the Redis-fault tests of t/integration/test_auth.py,
-and those of t/integration/test_ratelimit_batch.py where a client leaves
+those of t/integration/test_ratelimit_batch.py where a client leaves
 while its rate-limit check waits in a batch (in flight, or not yet sent),
-with nginx under valgrind (memcheck), then a verdict on the valgrind logs.
+the idempotency tests where Redis pauses or the client leaves while the
+response's end waits for the completed record (test_idempotency_ack.py),
+and the subrequests of test_redirects.py, with nginx under valgrind
+(memcheck), then a verdict on the valgrind logs.
 
     t/valgrind/run.py --root REPO --out build/valgrind [pytest args]
 
@@ -35,10 +38,11 @@ import sys
 
 PY = "/usr/bin/python3"
 
-DEFAULT_TESTS = ["test_auth.py", "test_ratelimit_batch.py", "-k",
+DEFAULT_TESTS = ["test_auth.py", "test_ratelimit_batch.py",
+                 "test_idempotency_ack.py", "test_redirects.py", "-k",
                  "redis_paused or redis_restart or redis_killed "
                  "or client_leaves or client_gone_while_call_in_flight "
-                 "or streams_reset_before_the_send"]
+                 "or streams_reset_before_the_send or subrequest"]
 
 # --keep-debuginfo: nginx unloads the module before valgrind's leak report
 VALGRIND = ("valgrind --tool=memcheck --error-limit=no --num-callers=40 "
