@@ -310,9 +310,15 @@ ngx_http_apigw_add_in_header(ngx_http_request_t *r,
 
 /* Sets a response header, dropping any copy the upstream sent. */
 
-ngx_table_elt_t *
-ngx_http_apigw_set_out_header(ngx_http_request_t *r, ngx_str_t *name,
-    ngx_str_t *value)
+/*
+ * Every response header of that name goes (hash 0), but keep: set_out_header
+ * replaces a header this way, and the request-id filter uses it to drop
+ * what add_header pushed after apigw's own.
+ */
+
+void
+ngx_http_apigw_clear_out_headers(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_table_elt_t *keep)
 {
     ngx_uint_t        i;
     ngx_list_part_t  *part;
@@ -325,7 +331,7 @@ ngx_http_apigw_set_out_header(ngx_http_request_t *r, ngx_str_t *name,
 
         if (i >= part->nelts) {
             if (part->next == NULL) {
-                break;
+                return;
             }
 
             part = part->next;
@@ -333,13 +339,24 @@ ngx_http_apigw_set_out_header(ngx_http_request_t *r, ngx_str_t *name,
             i = 0;
         }
 
-        if (h[i].hash != 0
+        if (&h[i] != keep
+            && h[i].hash != 0
             && h[i].key.len == name->len
             && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
         {
             h[i].hash = 0;
         }
     }
+}
+
+
+ngx_table_elt_t *
+ngx_http_apigw_set_out_header(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    ngx_http_apigw_clear_out_headers(r, name, NULL);
 
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {

@@ -238,6 +238,8 @@ ngx_int_t ngx_http_apigw_header_name_conf(ngx_conf_t *cf, ngx_str_t *name,
     ngx_http_apigw_header_name_t *hn);
 ngx_table_elt_t *ngx_http_apigw_set_out_header(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *value);
+void ngx_http_apigw_clear_out_headers(ngx_http_request_t *r,
+    ngx_str_t *name, ngx_table_elt_t *keep);
 ngx_table_elt_t *ngx_http_apigw_find_in_header(ngx_http_request_t *r,
     const ngx_http_apigw_header_name_t *name);
 ngx_uint_t ngx_http_apigw_count_in_header(ngx_http_request_t *r,

@@ -63,11 +63,7 @@ ngx_http_apigw_request_id_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_apigw_request_id_filter(ngx_http_request_t *r)
 {
-    ngx_uint_t                     i;
-    ngx_list_part_t               *part;
-    ngx_table_elt_t               *h, *ours;
-    ngx_http_apigw_ctx_t          *ctx;
-    ngx_http_apigw_header_name_t  *name;
+    ngx_http_apigw_ctx_t  *ctx;
 
     if (r != r->main) {
         return ngx_http_next_header_filter(r);
@@ -79,37 +75,12 @@ ngx_http_apigw_request_id_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    ours = ctx->request_id_out;
-    name = ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_REQUEST_ID);
-
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (&h[i] != ours
-            && h[i].hash != 0
-            && h[i].key.len == name->key.len
-            && ngx_strncasecmp(h[i].key.data, name->lowcase.data,
-                               name->lowcase.len)
-               == 0)
-        {
-            h[i].hash = 0;
-        }
-    }
+    ngx_http_apigw_clear_out_headers(r,
+        &ngx_http_apigw_header_name(NGX_HTTP_APIGW_H_REQUEST_ID)->key,
+        ctx->request_id_out);
 
     /* whoever cleared ours (more_clear_headers and the like) loses too */
-    ours->hash = 1;
+    ctx->request_id_out->hash = 1;
 
     return ngx_http_next_header_filter(r);
 }
