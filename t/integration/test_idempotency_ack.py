@@ -74,7 +74,7 @@ def unacked(node):
 def test_retry_on_other_node_replays_at_once(nginx_factory, redis, upstream,
                                              size):
     a, b = nodes(nginx_factory, redis, upstream)
-    tries = 5 if WRAPPED else 20
+    tries = 5 if WRAPPED else 50
     for i in range(tries):
         key = "k-%d-%d" % (size, i)
         path = "/api/count/c%d-%d?size=%d" % (size, i, size)
