@@ -3,8 +3,8 @@ loaded before apigw (perl, geoip, image filter, xslt, mail, stream: their
 init_process takes time), no worker logs an error, and requests sent the
 moment nginx is up are answered without a Redis failure."""
 
-import glob
 import hashlib
+import os
 import pathlib
 
 import pytest
@@ -32,10 +32,14 @@ server {
 }
 """
 
-# the stream and mail cores before the modules that need their symbols
-MODULES = sorted(glob.glob("/usr/lib/nginx/modules/ngx_*_module.so"),
-                 key=lambda m: (not m.endswith(("/ngx_stream_module.so",
-                                                "/ngx_mail_module.so")), m))
+# Debian's dynamic modules the Makefile installs (libnginx-mod-*), the
+# stream and mail cores before the modules that need their symbols; other
+# packages' modules (lua needs ndk first, ...) are left alone
+MODULES = [m for m in ("/usr/lib/nginx/modules/%s.so" % n for n in (
+    "ngx_stream_module", "ngx_mail_module", "ngx_http_geoip_module",
+    "ngx_http_image_filter_module", "ngx_http_perl_module",
+    "ngx_http_xslt_filter_module", "ngx_stream_geoip_module"))
+    if os.path.exists(m)]
 
 
 @pytest.mark.skipif(not MODULES, reason="no other dynamic modules here")
